@@ -1,0 +1,1 @@
+"""ConfigService: Per-organization configuration, feature flags and the WatchConfig stream."""

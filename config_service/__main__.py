@@ -1,0 +1,11 @@
+"""`python -m config_service`: serve ConfigService."""
+
+from __future__ import annotations
+
+import sys
+
+from servicekit.server import main
+from config_service.app import SPEC
+
+if __name__ == "__main__":
+    sys.exit(main(SPEC))

@@ -1,0 +1,1 @@
+"""gRPC entry points of ConfigService: protobuf in, domain calls, protobuf out."""

@@ -1,0 +1,1 @@
+"""ProvisionerService: One Kubernetes namespace per tenant, with its guard objects, kept converged."""

@@ -1,0 +1,29 @@
+"""Wiring of ProvisionerService into the shared server start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from agentready.provisioner.v1 import provisioner_service_pb2, provisioner_service_pb2_grpc
+from servicekit.server import Resources, ServiceSpec
+from provisioner.entrypoints.grpc_api import ProvisionerServiceServicer
+
+SERVICE_NAME = provisioner_service_pb2.DESCRIPTOR.services_by_name["ProvisionerService"].full_name
+
+
+async def register(server: grpc.aio.Server, resources: Resources) -> None:
+    """Adds the ProvisionerService servicer to ``server``."""
+    del resources
+    provisioner_service_pb2_grpc.add_ProvisionerServiceServicer_to_server(ProvisionerServiceServicer(), server)
+
+
+SPEC = ServiceSpec(
+    name="provisioner",
+    schema="provisioner",
+    migrations=Path(__file__).parent / "migrations",
+    service_names=(SERVICE_NAME,),
+    register=register,
+    public_methods=frozenset(),
+)

@@ -1,0 +1,1 @@
+"""gRPC entry points of ProvisionerService: protobuf in, domain calls, protobuf out."""

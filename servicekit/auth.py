@@ -1,0 +1,302 @@
+"""JSON Web Tokens: signing (EdDSA with a key id) and offline verification.
+
+TenantService signs tokens with a private Ed25519 key and publishes the public half as
+a JWKS (``GetJwks``); every server verifies tokens offline against that JWKS, picking
+the key by the token's ``kid`` header. Only access tokens are accepted on RPCs.
+
+Claims: ``sub`` (user id or ``sa:<key id>``), ``org`` (organization slug, absent on a
+token not scoped to one), ``role`` (owner, admin, member, viewer), ``scope``
+(space-separated, e.g. ``config:read config:write``), ``jti``, ``typ`` (``access`` or
+``refresh``), ``iss``, ``aud``, ``iat``, ``exp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from servicekit.errors import PermissionDenied, Unauthenticated
+
+ALGORITHM = "EdDSA"
+CLOCK_SKEW_SECONDS = 30
+
+# What each role may do, as scopes. A token carries the scopes of its role at minting
+# time; service-account tokens carry exactly the scopes their key was created with.
+ROLE_SCOPES: Mapping[str, frozenset[str]] = {
+    "owner": frozenset(
+        {"org:admin", "org:read", "org:write", "config:read", "config:write",
+         "provisioner:read", "provisioner:write"}
+    ),
+    "admin": frozenset(
+        {"org:read", "org:write", "config:read", "config:write",
+         "provisioner:read", "provisioner:write"}
+    ),
+    "member": frozenset({"org:read", "config:read", "provisioner:read"}),
+    "viewer": frozenset({"org:read", "config:read", "provisioner:read"}),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Principal:
+    """Who is calling, as proven by a verified token."""
+
+    subject: str
+    organization: str | None
+    role: str | None
+    scopes: frozenset[str]
+    token_id: str
+    expires_at: dt.datetime
+
+    def require(self, organization: str, scope: str) -> None:
+        """Checks that the caller acts inside ``organization`` with ``scope``.
+
+        Raises:
+            PermissionDenied: the token belongs to another organization (or none), or
+                lacks the scope.
+        """
+        if self.organization != organization:
+            raise PermissionDenied(
+                f"the token is not valid for organization {organization!r}",
+                reason="WRONG_ORGANIZATION",
+                metadata={"organization": organization},
+            )
+        if scope not in self.scopes:
+            raise PermissionDenied(
+                f"the token lacks the scope {scope!r}",
+                reason="MISSING_SCOPE",
+                metadata={"scope": scope},
+            )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
+    """RFC 7638 thumbprint of an OKP public key: a stable key id."""
+    canonical = json.dumps(
+        {"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"]}, separators=(",", ":"),
+        sort_keys=True,
+    )
+    return _b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def generate_signing_key() -> tuple[bytes, dict[str, str]]:
+    """A new Ed25519 key pair: (private key PEM, public JWK with its ``kid``)."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem, public_jwk(pem)
+
+
+def public_jwk(private_pem: bytes) -> dict[str, str]:
+    """The public JWK (with ``kid``) of an Ed25519 private key in PEM."""
+    private = serialization.load_pem_private_key(private_pem, password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError("the signing key must be an Ed25519 key")
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "alg": ALGORITHM, "use": "sig"}
+    jwk["kid"] = jwk_thumbprint(jwk)
+    return jwk
+
+
+class TokenSigner:
+    """Mints signed tokens with one private key, naming it by ``kid``."""
+
+    def __init__(self, private_pem: bytes, *, issuer: str, audience: str) -> None:
+        self._key = serialization.load_pem_private_key(private_pem, password=None)
+        self.jwk = public_jwk(private_pem)
+        self._issuer = issuer
+        self._audience = audience
+
+    def mint(
+        self,
+        *,
+        subject: str,
+        organization: str | None,
+        role: str | None,
+        scopes: Iterable[str],
+        ttl: dt.timedelta,
+        token_type: str = "access",
+        now: dt.datetime | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Returns (token, claims)."""
+        issued = now or dt.datetime.now(dt.UTC)
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": subject,
+            "jti": str(uuid.uuid4()),
+            "typ": token_type,
+            "iat": int(issued.timestamp()),
+            "exp": int((issued + ttl).timestamp()),
+            "scope": " ".join(sorted(set(scopes))),
+        }
+        if organization is not None:
+            claims["org"] = organization
+        if role is not None:
+            claims["role"] = role
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM,  # type: ignore[arg-type]
+                           headers={"kid": self.jwk["kid"]})
+        return token, claims
+
+
+class KeySet:
+    """Public keys by ``kid``, from a JWKS file, a JWKS URL or a fixed document.
+
+    A token naming an unknown ``kid`` triggers one reload (at most every
+    ``min_reload_seconds``), so a rotated key is picked up without a restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        jwks: Mapping[str, Any] | None = None,
+        file: Path | None = None,
+        url: str | None = None,
+        min_reload_seconds: float = 10.0,
+    ) -> None:
+        self._file = file
+        self._url = url
+        self._min_reload = min_reload_seconds
+        self._last_reload = float("-inf")
+        self._lock = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        if jwks is not None:
+            self._keys = self._parse(jwks)
+        elif file is not None or url is not None:
+            self.reload()
+
+    @property
+    def configured(self) -> bool:
+        """Whether any key source was given."""
+        return bool(self._keys) or self._file is not None or self._url is not None
+
+    @staticmethod
+    def _parse(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+        keys: dict[str, jwt.PyJWK] = {}
+        for entry in document.get("keys", []):
+            kid = entry.get("kid")
+            if not kid:
+                continue
+            try:
+                keys[kid] = jwt.PyJWK(entry)
+            except jwt.PyJWKError:
+                continue  # A key of a kind we cannot use verifies nothing; skip it.
+        return keys
+
+    def reload(self) -> None:
+        """Re-reads the source now (blocking: call it off the event loop)."""
+        with self._lock:
+            self._last_reload = time.monotonic()
+            if self._file is not None:
+                document = json.loads(self._file.read_text())
+            elif self._url is not None:
+                with urllib.request.urlopen(self._url, timeout=5) as response:  # noqa: S310
+                    document = json.loads(response.read())
+            else:
+                return
+            self._keys = self._parse(document)
+
+    def get(self, kid: str) -> jwt.PyJWK | None:
+        """The key named ``kid``, if known."""
+        return self._keys.get(kid)
+
+    def may_reload(self) -> bool:
+        """Whether an unknown ``kid`` may trigger a reload now."""
+        return (
+            (self._file is not None or self._url is not None)
+            and time.monotonic() - self._last_reload >= self._min_reload
+        )
+
+
+# Returns True when a token id has been revoked (e.g. a Redis denylist lookup).
+RevocationCheck = Callable[[str], Awaitable[bool]]
+
+
+class TokenVerifier:
+    """Verifies access tokens offline and turns them into a :class:`Principal`."""
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        is_revoked: RevocationCheck | None = None,
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._is_revoked = is_revoked
+
+    async def verify(self, token: str) -> Principal:
+        """Checks signature, key id, issuer, audience, expiry, type and revocation.
+
+        Raises:
+            Unauthenticated: the token is unusable; the message says why.
+        """
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("malformed token", reason="TOKEN_MALFORMED") from None
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("the token names no key id (kid)", reason="TOKEN_NO_KID")
+        key = self._keys.get(kid)
+        if key is None and self._keys.may_reload():
+
+            try:
+                await asyncio.to_thread(self._keys.reload)
+            except (OSError, ValueError):
+                pass  # The old keys stay in force; the token is judged against them.
+            key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated(f"unknown signing key {kid!r}", reason="TOKEN_UNKNOWN_KEY")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": ["exp", "iat", "sub", "jti", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}", reason="TOKEN_INVALID") from None
+        if claims.get("typ") != "access":
+            raise Unauthenticated("not an access token", reason="TOKEN_WRONG_TYPE")
+        if self._is_revoked is not None and await self._is_revoked(claims["jti"]):
+            raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
+        scope = claims.get("scope", "")
+        return Principal(
+            subject=str(claims["sub"]),
+            organization=claims.get("org"),
+            role=claims.get("role"),
+            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
+            token_id=str(claims["jti"]),
+            expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+        )

@@ -1,0 +1,281 @@
+"""One call path for every RPC: request id, logging context, metrics, auth, errors.
+
+:class:`ServerInterceptor` wraps each method handler of a ``grpc.aio`` server so that,
+inside the handler:
+
+* the request id (``x-request-id`` metadata, or a new one) is in the log context and
+  echoed to the client;
+* the caller's verified token is available as :func:`current_principal` (methods
+  listed as public, health and reflection need none); a missing or bad token is
+  ``UNAUTHENTICATED`` before any handler code runs;
+* a :class:`~servicekit.errors.AgentReadyError` raised by the handler becomes a
+  ``google.rpc.Status`` with ``ErrorInfo`` (plus ``BadRequest``, ``ResourceInfo`` or
+  ``RetryInfo``), ``NotImplementedError`` becomes ``UNIMPLEMENTED`` and anything else
+  ``INTERNAL`` without leaking its text;
+* count, latency and in-flight metrics are kept per method and status code.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from servicekit import errors
+from servicekit.auth import Principal, TokenVerifier
+from servicekit.logs import method_var, organization_var, request_id_var
+from servicekit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY, RPC_STARTED
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "agentready.dev"
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Infrastructure services answer without a token: probes and tooling must reach them.
+OPEN_SERVICES = frozenset(
+    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+     "grpc.reflection.v1.ServerReflection"}
+)
+
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "principal", default=None
+)
+
+
+def current_principal() -> Principal:
+    """The verified caller of the RPC being served.
+
+    Raises:
+        Unauthenticated: the method was served without a token (a public method).
+    """
+    principal = principal_var.get()
+    if principal is None:
+        raise errors.Unauthenticated("this call needs a bearer token", reason="TOKEN_MISSING")
+    return principal
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` (with details) a domain error is reported as."""
+    status = status_pb2.Status(
+        code=getattr(code_pb2, error.code_name), message=error.message
+    )
+    status.details.append(
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
+    )
+    if isinstance(error, errors.InvalidArgument) and error.violations:
+        status.details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(error, errors.NotFound | errors.AlreadyExists):
+        status.details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=error.resource_type,
+                    resource_name=error.resource_name,
+                    description=error.message,
+                )
+            )
+        )
+    if isinstance(error, errors.ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status
+
+
+class _Call:
+    """Book-keeping of one RPC: its names, start time and final code."""
+
+    def __init__(self, method: str, kind: str, needs_auth: bool) -> None:
+        self.full_method = method
+        self.service, _, self.method = method.lstrip("/").rpartition("/")
+        self.kind = kind
+        self.needs_auth = needs_auth
+        self.code = grpc.StatusCode.OK
+        self.started = time.perf_counter()
+        self.counted = False
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler of a server in the shared call path."""
+
+    def __init__(
+        self, *, verifier: TokenVerifier | None, public_methods: Iterable[str] = ()
+    ) -> None:
+        """
+        Args:
+            verifier: checks bearer tokens; ``None`` rejects every call that needs one.
+            public_methods: full method names (``/pkg.Service/Method``) served without
+                a token, e.g. ``Login``.
+        """
+        self._verifier = verifier
+        self._public = frozenset(public_methods)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        service = method.lstrip("/").rpartition("/")[0]
+        needs_auth = method not in self._public and service not in OPEN_SERVICES
+        return self._wrap(handler, method, needs_auth)
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, needs_auth: bool
+    ) -> grpc.RpcMethodHandler:
+        if handler.request_streaming and handler.response_streaming:
+            kind, field = "bidi_stream", "stream_stream"
+        elif handler.request_streaming:
+            kind, field = "client_stream", "stream_unary"
+        elif handler.response_streaming:
+            kind, field = "server_stream", "unary_stream"
+        else:
+            kind, field = "unary", "unary_unary"
+        behaviour = getattr(handler, field)
+
+        if handler.response_streaming:
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, kind, needs_auth)
+                try:
+                    await self._enter(call, context)
+                    result = behaviour(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    elif inspect.isawaitable(result):
+                        await result
+                    else:
+                        for item in result:
+                            yield item
+                except BaseException as exc:  # noqa: BLE001 - mapped or re-raised
+                    await self._fail(call, context, exc)
+                finally:
+                    self._leave(call)
+
+            wrapped: Callable[..., Any] = streaming
+        else:
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, kind, needs_auth)
+                try:
+                    await self._enter(call, context)
+                    result = behaviour(request, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    return result
+                except BaseException as exc:  # noqa: BLE001 - mapped or re-raised
+                    await self._fail(call, context, exc)
+                finally:
+                    self._leave(call)
+
+            wrapped = unary
+        return handler._replace(**{field: wrapped})
+
+    async def _enter(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+        request_id = metadata.get(REQUEST_ID_HEADER, "")
+        if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+            request_id = uuid.uuid4().hex
+        request_id_var.set(request_id)
+        method_var.set(call.full_method)
+        organization_var.set(None)
+        principal_var.set(None)
+        RPC_STARTED.labels(call.service, call.method, call.kind).inc()
+        RPC_IN_FLIGHT.labels(call.service, call.method).inc()
+        call.counted = True
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        if not call.needs_auth:
+            return
+        principal = await self._authenticate(metadata.get("authorization"))
+        principal_var.set(principal)
+        organization_var.set(principal.organization)
+
+    async def _authenticate(self, header: Any) -> Principal:
+        if not isinstance(header, str) or not header.strip():
+            raise errors.Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <token>'",
+                reason="TOKEN_MISSING",
+            )
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthenticated(
+                "the authorization header must be 'Bearer <token>'", reason="TOKEN_MALFORMED"
+            )
+        if self._verifier is None:
+            raise errors.Unauthenticated(
+                "this server has no keys to verify tokens with (set JWT_JWKS_FILE or "
+                "JWT_JWKS_URL)",
+                reason="NO_VERIFICATION_KEYS",
+            )
+        return await self._verifier.verify(token.strip())
+
+    async def _fail(
+        self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException
+    ) -> NoReturn:
+        """Reports ``exc`` to the client as a status, or re-raises what must pass."""
+        if isinstance(exc, grpc.aio.AbortError):
+            code = context.code()
+            call.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+            call.code = grpc.StatusCode.CANCELLED
+            raise exc  # CancelledError, KeyboardInterrupt, SystemExit: not ours to map
+        if isinstance(exc, errors.AgentReadyError):
+            error = exc
+        elif isinstance(exc, NotImplementedError):
+            error = errors.Unimplemented(f"{call.method} is not implemented yet")
+        else:
+            log.error("unhandled error in %s", call.full_method, exc_info=exc)
+            error = errors.Internal(f"internal error (request id {request_id_var.get()})")
+        status = rpc_status.to_status(status_from_error(error))
+        call.code = status.code
+        if status.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.warning("%s failed: %s", call.full_method, error.message)
+        else:
+            log.info("%s answered %s: %s", call.full_method, status.code.name, error.message)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("unreachable: abort() raises")  # pragma: no cover
+
+    def _leave(self, call: _Call) -> None:
+        if not call.counted:
+            return
+        RPC_IN_FLIGHT.labels(call.service, call.method).dec()
+        RPC_HANDLED.labels(call.service, call.method, call.kind, call.code.name).inc()
+        RPC_LATENCY.labels(call.service, call.method, call.kind).observe(
+            time.perf_counter() - call.started
+        )
+

@@ -1,0 +1,244 @@
+"""Server start-up shared by the three services.
+
+``main(spec)`` is each service's entry point: it reads the settings (a bad value is one
+line on stderr and exit code 2), configures JSON logging, connects to PostgreSQL and
+migrates the service's schema, connects to Redis, starts the ``grpc.aio`` server with
+health, reflection, metrics and the shared interceptor, and serves until SIGTERM or
+SIGINT. Shutdown: health turns NOT_SERVING, the server drains for
+``SHUTDOWN_DRAIN_SECONDS``, then ``stop(SHUTDOWN_GRACE_SECONDS)`` lets in-flight RPCs
+finish, and the service's own shutdown hooks run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from servicekit import db
+from servicekit.auth import KeySet, TokenVerifier
+from servicekit.errors import SettingsError
+from servicekit.logs import configure_logging
+from servicekit.metrics import serve_metrics
+from servicekit.redisconn import connect_redis
+from servicekit.rpc import ServerInterceptor
+from servicekit.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+ShutdownHook = Callable[[], Awaitable[None]]
+
+
+@dataclasses.dataclass(kw_only=True)
+class Resources:
+    """What a service's handlers and background tasks are given."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    verifier: TokenVerifier | None
+    shutdown_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
+
+    def on_shutdown(self, hook: ShutdownHook) -> None:
+        """Runs ``hook`` after the server has stopped serving (last added runs first)."""
+        self.shutdown_hooks.append(hook)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServiceSpec:
+    """How one service plugs into the shared start-up.
+
+    Attributes:
+        name: ``tenant``, ``config`` or ``provisioner`` (settings prefix, log field).
+        schema: the PostgreSQL schema the service owns and migrates.
+        migrations: folder of ``NNNN_description.sql`` files for that schema.
+        service_names: full protobuf names of the gRPC services it serves.
+        register: adds the servicers to the server; may start background work and
+            register shutdown hooks on the resources.
+        public_methods: full method names served without a token.
+        extra_settings: service-specific variables and their defaults.
+    """
+
+    name: str
+    schema: str
+    migrations: Path
+    service_names: tuple[str, ...]
+    register: Callable[[grpc.aio.Server, Resources], Awaitable[None]]
+    public_methods: frozenset[str] = frozenset()
+    extra_settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def build_verifier(settings: Settings) -> TokenVerifier | None:
+    """The token verifier for the configured key source, or ``None`` if there is none."""
+    if settings.jwks_file is None and settings.jwks_url is None:
+        return None
+    keys = KeySet(file=settings.jwks_file, url=settings.jwks_url)
+    return TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+
+class RunningServer:
+    """A started server: its ports, and how to stop it."""
+
+    def __init__(
+        self,
+        *,
+        spec: ServiceSpec,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        resources: Resources,
+        port: int,
+        metrics: WSGIServer | None,
+    ) -> None:
+        self.spec = spec
+        self.server = server
+        self.health = health_servicer
+        self.resources = resources
+        self.port = port
+        self._metrics = metrics
+        self.metrics_port: int | None = (
+            int(metrics.server_port) if metrics is not None else None
+        )
+        self._stopped = asyncio.Event()
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, drain, graceful stop, then hooks and connections."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        settings = self.resources.settings
+        log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
+        await self.health.enter_graceful_shutdown()
+        if settings.shutdown_drain_seconds:
+            await asyncio.sleep(settings.shutdown_drain_seconds)
+        await self.server.stop(settings.shutdown_grace_seconds)
+        for hook in reversed(self.resources.shutdown_hooks):
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        await self.resources.redis.aclose()
+        await self.resources.pool.close()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        """Returns when the server has stopped."""
+        await self.server.wait_for_termination()
+
+
+async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
+    """Connects, migrates and starts serving ``spec``; returns once it is SERVING.
+
+    Raises:
+        ConnectionError: PostgreSQL did not answer.
+        db.MigrationError: the schema's migrations are inconsistent.
+        OSError: the gRPC port could not be bound.
+    """
+    pool = await db.connect_pool(
+        settings.database_url,
+        schema=spec.schema,
+        application_name=f"agentready-{spec.name}",
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        wait_seconds=settings.db_connect_timeout_seconds,
+    )
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, spec.schema, spec.migrations)
+    except BaseException:
+        await pool.close()
+        raise
+    verifier = build_verifier(settings)
+    resources = Resources(
+        settings=settings, pool=pool, redis=connect_redis(settings.redis_url), verifier=verifier
+    )
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(verifier=verifier, public_methods=spec.public_methods)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        await spec.register(server, resources)
+        try:
+            port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        except RuntimeError as exc:
+            raise OSError(
+                f"cannot listen on {settings.grpc_host}:{settings.grpc_port}: {exc}"
+            ) from None
+        metrics = None
+        if settings.metrics_port is not None:
+            metrics = serve_metrics(settings.metrics_port)
+        await server.start()
+    except BaseException:
+        for hook in reversed(resources.shutdown_hooks):
+            await hook()
+        await resources.redis.aclose()
+        await pool.close()
+        raise
+    for name in ("", *spec.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(
+        spec=spec,
+        server=server,
+        health_servicer=health_servicer,
+        resources=resources,
+        port=port,
+        metrics=metrics,
+    )
+    log.info(
+        "serving",
+        extra={"grpc_port": port, "metrics_port": running.metrics_port,
+               "services": list(spec.service_names), "auth": verifier is not None},
+    )
+    return running
+
+
+async def serve(spec: ServiceSpec, settings: Settings) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    running = await start(spec, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def main(spec: ServiceSpec, argv: Iterable[str] | None = None) -> int:
+    """Entry point of a service process; returns the exit code."""
+    del argv
+    try:
+        settings = load_settings(spec.name, extra=spec.extra_settings)
+    except SettingsError as exc:
+        print(f"{spec.name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(spec.name, level=settings.log_level, fmt=settings.log_format)
+    try:
+        asyncio.run(serve(spec, settings))
+    except (ConnectionError, OSError, db.MigrationError) as exc:
+        print(f"{spec.name}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,240 @@
+"""Settings read from the environment, validated once at start-up.
+
+Every setting has a sensible default for development. A bad value stops the process
+with a one-line message naming the variable (see :func:`servicekit.server.main`),
+never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from servicekit.errors import SettingsError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Validated settings of one server process."""
+
+    service: str
+    database_url: str
+    redis_url: str
+    grpc_host: str
+    grpc_port: int
+    metrics_port: int | None
+    log_level: str
+    log_format: str
+    shutdown_grace_seconds: float
+    shutdown_drain_seconds: float
+    db_pool_min: int
+    db_pool_max: int
+    db_connect_timeout_seconds: float
+    jwks_file: Path | None
+    jwks_url: str | None
+    jwt_issuer: str
+    jwt_audience: str
+    extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# (variable, default, description) for the settings every server shares. The README's
+# table is checked against this list by a test, so the two cannot drift apart.
+COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("DATABASE_URL", "postgresql://127.0.0.1:5432/postgres",
+     "PostgreSQL URL (`postgresql://user:pass@host:port/db`, or `?host=/socket/dir`)."),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL (`redis://`, `rediss://` or `unix://`)."),
+    ("GRPC_HOST", "[::]", "Address the gRPC server binds."),
+    ("<SVC>_GRPC_PORT / GRPC_PORT", "50051 / 50052 / 50053",
+     "gRPC port of TenantService / ConfigService / ProvisionerService; 0 picks a free one."),
+    ("<SVC>_METRICS_PORT / METRICS_PORT", "9451 / 9452 / 9453",
+     "Prometheus `/metrics` port; `off` disables it, 0 picks a free one."),
+    ("LOG_LEVEL", "INFO", "One of DEBUG, INFO, WARNING, ERROR."),
+    ("LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
+    ("SHUTDOWN_GRACE_SECONDS", "10", "How long in-flight RPCs may finish after SIGTERM."),
+    ("SHUTDOWN_DRAIN_SECONDS", "0",
+     "How long health answers NOT_SERVING before the server stops accepting RPCs."),
+    ("DB_POOL_MIN", "1", "Minimum PostgreSQL connections per process."),
+    ("DB_POOL_MAX", "10", "Maximum PostgreSQL connections per process."),
+    ("DB_CONNECT_TIMEOUT_SECONDS", "30",
+     "How long start-up waits for PostgreSQL to answer before giving up."),
+    ("JWT_JWKS_FILE", "(unset)", "Path of a JWKS file with the public keys tokens are verified "
+     "with; re-read when a token names an unknown `kid`."),
+    ("JWT_JWKS_URL", "(unset)", "HTTP(S) URL of a JWKS document, used when no file is set."),
+    ("JWT_ISSUER", "agentready", "Required `iss` claim of every token."),
+    ("JWT_AUDIENCE", "agentready", "Required `aud` claim of every token."),
+)
+
+SERVICE_PREFIXES = {"tenant": "TENANT", "config": "CONFIG", "provisioner": "PROVISIONER"}
+DEFAULT_GRPC_PORTS = {"tenant": 50051, "config": 50052, "provisioner": 50053}
+DEFAULT_METRICS_PORTS = {"tenant": 9451, "config": 9452, "provisioner": 9453}
+
+
+class _Reader:
+    """Reads and validates variables, naming the variable in every error."""
+
+    def __init__(self, env: Mapping[str, str], prefix: str) -> None:
+        self._env = env
+        self._prefix = prefix
+
+    def raw(self, name: str, *, scoped: bool = False) -> tuple[str, str | None]:
+        """Returns (variable name actually used, value or None)."""
+        if scoped:
+            scoped_name = f"{self._prefix}_{name}"
+            value = self._env.get(scoped_name)
+            if value is not None and value.strip() != "":
+                return scoped_name, value.strip()
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return name, None
+        return name, value.strip()
+
+    def string(self, name: str, default: str, *, scoped: bool = False) -> str:
+        _, value = self.raw(name, scoped=scoped)
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, *, lo: int, hi: int, scoped: bool = False) -> int:
+        var, value = self.raw(name, scoped=scoped)
+        if value is None:
+            return default
+        try:
+            number = int(value, 10)
+        except ValueError:
+            raise SettingsError(f"{var}={value!r}: not a whole number") from None
+        if not lo <= number <= hi:
+            raise SettingsError(f"{var}={value!r}: out of range {lo}..{hi}")
+        return number
+
+    def seconds(self, name: str, default: float, *, hi: float) -> float:
+        var, value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"{var}={value!r}: not a number of seconds") from None
+        if not 0 <= number <= hi:
+            raise SettingsError(f"{var}={value!r}: out of range 0..{hi:g} seconds")
+        return number
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...], *, upper: bool) -> str:
+        var, value = self.raw(name)
+        if value is None:
+            return default
+        normalized = value.upper() if upper else value.lower()
+        if normalized not in choices:
+            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
+        return normalized
+
+
+def validate_database_url(var: str, url: str) -> str:
+    """Checks that ``url`` is a PostgreSQL URL asyncpg can use."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise SettingsError(f"{var}: malformed URL ({exc})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SettingsError(
+            f"{var}: scheme {parts.scheme or '(none)'!r} is not postgresql:// "
+            "(expected postgresql://user:password@host:port/database)"
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        raise SettingsError(f"{var}: no host (expected postgresql://user@host:port/database)")
+    if port is not None and not 1 <= port <= 65535:
+        raise SettingsError(f"{var}: port {port} out of range 1..65535")
+    return url
+
+
+def validate_redis_url(var: str, url: str) -> str:
+    """Checks that ``url`` is a Redis URL redis-py can use."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise SettingsError(f"{var}: malformed URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            f"{var}: scheme {parts.scheme or '(none)'!r} is not redis://, rediss:// or unix://"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"{var}: no host (expected redis://host:port/db)")
+    if port is not None and not 1 <= port <= 65535:
+        raise SettingsError(f"{var}: port {port} out of range 1..65535")
+    return url
+
+
+def load_settings(
+    service: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    extra: Mapping[str, str] | None = None,
+) -> Settings:
+    """Reads the settings of ``service`` ("tenant", "config" or "provisioner").
+
+    Args:
+        service: which server the settings are for; picks the default ports and the
+            prefix of service-scoped variables (``CONFIG_GRPC_PORT`` wins over
+            ``GRPC_PORT``), so one environment can describe the whole suite.
+        env: the environment to read; ``os.environ`` when omitted.
+        extra: service-specific variables to pass through unvalidated, name → default.
+
+    Raises:
+        SettingsError: a value is malformed or out of range; the message is one line
+            and names the variable.
+    """
+    if service not in SERVICE_PREFIXES:
+        raise SettingsError(f"unknown service {service!r}")
+    source = os.environ if env is None else env
+    read = _Reader(source, SERVICE_PREFIXES[service])
+
+    db_var, db_url = read.raw("DATABASE_URL")
+    redis_var, redis_url = read.raw("REDIS_URL")
+    grpc_port = read.integer(
+        "GRPC_PORT", DEFAULT_GRPC_PORTS[service], lo=0, hi=65535, scoped=True
+    )
+    _, metrics_raw = read.raw("METRICS_PORT", scoped=True)
+    metrics_port: int | None
+    if metrics_raw is not None and metrics_raw.lower() in ("off", "none", "disabled"):
+        metrics_port = None
+    else:
+        metrics_port = read.integer(
+            "METRICS_PORT", DEFAULT_METRICS_PORTS[service], lo=0, hi=65535, scoped=True
+        )
+    pool_min = read.integer("DB_POOL_MIN", 1, lo=0, hi=1000)
+    pool_max = read.integer("DB_POOL_MAX", 10, lo=1, hi=1000)
+    if pool_max < pool_min:
+        raise SettingsError(f"DB_POOL_MAX={pool_max} is below DB_POOL_MIN={pool_min}")
+    jwks_var, jwks_file = read.raw("JWT_JWKS_FILE")
+    jwks_url_var, jwks_url = read.raw("JWT_JWKS_URL")
+    if jwks_url is not None and urlsplit(jwks_url).scheme not in ("http", "https"):
+        raise SettingsError(f"{jwks_url_var}={jwks_url!r}: expected an http:// or https:// URL")
+    if jwks_file is not None and not Path(jwks_file).is_file():
+        raise SettingsError(f"{jwks_var}={jwks_file!r}: no such file")
+    return Settings(
+        service=service,
+        database_url=validate_database_url(
+            db_var, db_url or "postgresql://127.0.0.1:5432/postgres"
+        ),
+        redis_url=validate_redis_url(redis_var, redis_url or "redis://127.0.0.1:6379/0"),
+        grpc_host=read.string("GRPC_HOST", "[::]"),
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log_level=read.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        log_format=read.choice("LOG_FORMAT", "json", LOG_FORMATS, upper=False),
+        shutdown_grace_seconds=read.seconds("SHUTDOWN_GRACE_SECONDS", 10.0, hi=3600),
+        shutdown_drain_seconds=read.seconds("SHUTDOWN_DRAIN_SECONDS", 0.0, hi=600),
+        db_pool_min=pool_min,
+        db_pool_max=pool_max,
+        db_connect_timeout_seconds=read.seconds("DB_CONNECT_TIMEOUT_SECONDS", 30.0, hi=3600),
+        jwks_file=Path(jwks_file) if jwks_file else None,
+        jwks_url=jwks_url,
+        jwt_issuer=read.string("JWT_ISSUER", "agentready"),
+        jwt_audience=read.string("JWT_AUDIENCE", "agentready"),
+        extra={name: read.string(name, default) for name, default in (extra or {}).items()},
+    )

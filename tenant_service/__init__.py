@@ -1,0 +1,1 @@
+"""TenantService: Users, login and tokens, organizations, members, projects and notes."""

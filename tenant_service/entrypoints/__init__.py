@@ -1,0 +1,1 @@
+"""gRPC entry points of TenantService: protobuf in, domain calls, protobuf out."""

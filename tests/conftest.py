@@ -1,0 +1,128 @@
+"""Fixtures shared by the whole suite: real PostgreSQL and Redis, keys and tokens.
+
+PostgreSQL: ``DATABASE_URL`` if set, else the machine's server on 127.0.0.1:5432, else
+an embedded one started under ``.data/test-postgres``. Each test session works in a
+fresh database of its own, dropped at the end. Redis: ``REDIS_URL``, else
+127.0.0.1:6379, else an embedded one on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from servicekit.auth import ROLE_SCOPES, TokenSigner, generate_signing_key
+from servicekit.devstack import REPO_ROOT, EmbeddedPostgres, EmbeddedRedis, port_open
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server the suite may create databases on."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+    elif port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        embedded = EmbeddedPostgres(REPO_ROOT / ".data" / "test-postgres")
+        yield embedded.start()
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for this test session."""
+    name = f"agentready_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield _with_database(postgres_server_url, name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A URL of a running Redis server."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+    elif port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+    else:
+        embedded = EmbeddedRedis(REPO_ROOT / ".data" / "test-redis")
+        yield embedded.start()
+        embedded.stop()
+
+
+class Keys:
+    """A signing key pair for the session: mints tokens the servers accept."""
+
+    def __init__(self, folder: Path) -> None:
+        pem, jwk = generate_signing_key()
+        self.private_pem = pem
+        self.jwk = jwk
+        self.jwks_file = folder / "jwks.json"
+        self.jwks_file.write_text(json.dumps({"keys": [jwk]}))
+        self.signer = TokenSigner(pem, issuer="agentready", audience="agentready")
+
+    def token(
+        self,
+        organization: str | None = "acme",
+        role: str = "owner",
+        *,
+        scopes: frozenset[str] | None = None,
+        ttl: dt.timedelta = dt.timedelta(minutes=10),
+        token_type: str = "access",
+        subject: str = "user-1",
+        now: dt.datetime | None = None,
+    ) -> str:
+        """A signed token for ``organization`` with the scopes of ``role``."""
+        token, _ = self.signer.mint(
+            subject=subject,
+            organization=organization,
+            role=role,
+            scopes=ROLE_SCOPES[role] if scopes is None else scopes,
+            ttl=ttl,
+            token_type=token_type,
+            now=now,
+        )
+        return token
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    """The session's signing keys; servers started by fixtures trust them."""
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def server_env(database_url: str, redis_url: str, keys: Keys) -> dict[str, str]:
+    """Environment for a server under test: real stores, free ports, the test keys."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": "0",
+        "METRICS_PORT": "0",
+        "JWT_JWKS_FILE": str(keys.jwks_file),
+        "LOG_LEVEL": "WARNING",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+    }

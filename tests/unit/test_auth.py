@@ -1,0 +1,126 @@
+"""Token signing and offline verification with key ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import jwt
+import pytest
+
+from servicekit.auth import KeySet, Principal, TokenSigner, TokenVerifier, generate_signing_key
+from servicekit.errors import PermissionDenied, Unauthenticated
+
+
+def make_signer() -> tuple[TokenSigner, dict[str, str]]:
+    pem, jwk = generate_signing_key()
+    return TokenSigner(pem, issuer="agentready", audience="agentready"), jwk
+
+
+def verifier_for(*jwks: dict[str, str], revoked: set[str] | None = None) -> TokenVerifier:
+    async def is_revoked(jti: str) -> bool:
+        return jti in (revoked or set())
+
+    return TokenVerifier(
+        KeySet(jwks={"keys": list(jwks)}),
+        issuer="agentready",
+        audience="agentready",
+        is_revoked=is_revoked,
+    )
+
+
+def mint(signer: TokenSigner, **overrides: object) -> str:
+    options: dict[str, object] = {
+        "subject": "user-1",
+        "organization": "acme",
+        "role": "admin",
+        "scopes": ["config:read", "config:write"],
+        "ttl": dt.timedelta(minutes=5),
+    }
+    options.update(overrides)
+    token, _ = signer.mint(**options)  # type: ignore[arg-type]
+    return token
+
+
+async def test_a_valid_token_becomes_a_principal() -> None:
+    signer, jwk = make_signer()
+    principal = await verifier_for(jwk).verify(mint(signer))
+    assert principal.subject == "user-1"
+    assert principal.organization == "acme"
+    assert principal.role == "admin"
+    assert principal.scopes == {"config:read", "config:write"}
+    assert jwt.get_unverified_header(mint(signer))["kid"] == jwk["kid"]
+
+
+async def test_the_key_is_picked_by_kid_among_several() -> None:
+    first, first_jwk = make_signer()
+    second, second_jwk = make_signer()
+    verifier = verifier_for(first_jwk, second_jwk)
+    assert (await verifier.verify(mint(first, subject="a"))).subject == "a"
+    assert (await verifier.verify(mint(second, subject="b"))).subject == "b"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("expired", "TOKEN_EXPIRED"),
+        ("unknown_key", "TOKEN_UNKNOWN_KEY"),
+        ("forged", "TOKEN_INVALID"),
+        ("refresh", "TOKEN_WRONG_TYPE"),
+        ("garbage", "TOKEN_MALFORMED"),
+        ("revoked", "TOKEN_REVOKED"),
+    ],
+)
+async def test_unusable_tokens_are_unauthenticated(tamper: str, reason: str) -> None:
+    signer, jwk = make_signer()
+    other, _ = make_signer()
+    token = {
+        "expired": lambda: mint(
+            signer, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2),
+            ttl=dt.timedelta(minutes=5),
+        ),
+        "unknown_key": lambda: mint(other),
+        # Signed by another key but claiming the trusted key's id.
+        "forged": lambda: jwt.encode(
+            {**jwt.decode(mint(other), options={"verify_signature": False})},
+            other._key,  # type: ignore[arg-type]
+            algorithm="EdDSA",
+            headers={"kid": jwk["kid"]},
+        ),
+        "refresh": lambda: mint(signer, token_type="refresh"),
+        "garbage": lambda: "not.a.token",
+        "revoked": lambda: mint(signer),
+    }[tamper]()
+    revoked = set()
+    if tamper == "revoked":
+        revoked.add(jwt.decode(token, options={"verify_signature": False})["jti"])
+    with pytest.raises(Unauthenticated) as info:
+        await verifier_for(jwk, revoked=revoked).verify(token)
+    assert info.value.reason == reason
+
+
+async def test_a_rotated_key_is_picked_up_from_the_jwks_file(tmp_path: Path) -> None:
+    old, old_jwk = make_signer()
+    new, new_jwk = make_signer()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [old_jwk]}))
+    keys = KeySet(file=path, min_reload_seconds=0)
+    verifier = TokenVerifier(keys, issuer="agentready", audience="agentready")
+    assert (await verifier.verify(mint(old))).subject == "user-1"
+    path.write_text(json.dumps({"keys": [old_jwk, new_jwk]}))
+    assert (await verifier.verify(mint(new, subject="rotated"))).subject == "rotated"
+
+
+def test_principal_requires_its_own_organization_and_the_scope() -> None:
+    principal = Principal(
+        subject="u", organization="acme", role="viewer", scopes=frozenset({"config:read"}),
+        token_id="t", expires_at=dt.datetime.now(dt.UTC),
+    )
+    principal.require("acme", "config:read")
+    with pytest.raises(PermissionDenied) as wrong_org:
+        principal.require("globex", "config:read")
+    assert wrong_org.value.reason == "WRONG_ORGANIZATION"
+    with pytest.raises(PermissionDenied) as missing:
+        principal.require("acme", "config:write")
+    assert missing.value.reason == "MISSING_SCOPE"

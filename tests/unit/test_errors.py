@@ -1,0 +1,58 @@
+"""Domain errors map to google.rpc.Status with the details AIP-193 asks for."""
+
+from __future__ import annotations
+
+from google.rpc import code_pb2, error_details_pb2
+
+from servicekit import errors
+from servicekit.rpc import ERROR_DOMAIN, status_from_error
+
+
+def unpack(status: object, kind: type) -> list[object]:
+    found = []
+    for detail in status.details:  # type: ignore[attr-defined]
+        message = kind()
+        if detail.Is(message.DESCRIPTOR):
+            detail.Unpack(message)
+            found.append(message)
+    return found
+
+
+def test_invalid_argument_carries_field_violations() -> None:
+    status = status_from_error(
+        errors.InvalidArgument(
+            "bad request",
+            violations=[errors.FieldViolation("key", "must be lowercase")],
+        )
+    )
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    (info,) = unpack(status, error_details_pb2.ErrorInfo)
+    assert info.reason == "INVALID_ARGUMENT"
+    assert info.domain == ERROR_DOMAIN
+    (bad,) = unpack(status, error_details_pb2.BadRequest)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("key", "must be lowercase")
+    ]
+
+
+def test_not_found_names_the_resource() -> None:
+    status = status_from_error(errors.NotFound("config", "acme/ai/threshold"))
+    assert status.code == code_pb2.NOT_FOUND
+    assert status.message == "config 'acme/ai/threshold' not found"
+    (resource,) = unpack(status, error_details_pb2.ResourceInfo)
+    assert resource.resource_name == "acme/ai/threshold"
+
+
+def test_rate_limit_carries_retry_info() -> None:
+    status = status_from_error(errors.ResourceExhausted("slow down", retry_after_seconds=1.5))
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    (retry,) = unpack(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToNanoseconds() == 1_500_000_000
+
+
+def test_etag_mismatch_is_aborted_with_metadata() -> None:
+    status = status_from_error(errors.Aborted("stale etag", metadata={"current_etag": "e2"}))
+    assert status.code == code_pb2.ABORTED
+    (info,) = unpack(status, error_details_pb2.ErrorInfo)
+    assert info.reason == "ETAG_MISMATCH"
+    assert dict(info.metadata) == {"current_etag": "e2"}
