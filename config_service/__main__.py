@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from servicekit.server import main
 from config_service.app import SPEC
+from servicekit.server import main
 
 if __name__ == "__main__":
     sys.exit(main(SPEC))

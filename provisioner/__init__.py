@@ -1,1 +1,1 @@
-"""ProvisionerService: One Kubernetes namespace per tenant, with its guard objects, kept converged."""
+"""ProvisionerService: a Kubernetes namespace per tenant, with its guard objects, converged."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -39,12 +40,25 @@ CLOCK_SKEW_SECONDS = 30
 # time; service-account tokens carry exactly the scopes their key was created with.
 ROLE_SCOPES: Mapping[str, frozenset[str]] = {
     "owner": frozenset(
-        {"org:admin", "org:read", "org:write", "config:read", "config:write",
-         "provisioner:read", "provisioner:write"}
+        {
+            "org:admin",
+            "org:read",
+            "org:write",
+            "config:read",
+            "config:write",
+            "provisioner:read",
+            "provisioner:write",
+        }
     ),
     "admin": frozenset(
-        {"org:read", "org:write", "config:read", "config:write",
-         "provisioner:read", "provisioner:write"}
+        {
+            "org:read",
+            "org:write",
+            "config:read",
+            "config:write",
+            "provisioner:read",
+            "provisioner:write",
+        }
     ),
     "member": frozenset({"org:read", "config:read", "provisioner:read"}),
     "viewer": frozenset({"org:read", "config:read", "provisioner:read"}),
@@ -90,7 +104,8 @@ def _b64url(data: bytes) -> str:
 def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
     """RFC 7638 thumbprint of an OKP public key: a stable key id."""
     canonical = json.dumps(
-        {"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"]}, separators=(",", ":"),
+        {"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"]},
+        separators=(",", ":"),
         sort_keys=True,
     )
     return _b64url(hashlib.sha256(canonical.encode()).digest())
@@ -124,7 +139,10 @@ class TokenSigner:
     """Mints signed tokens with one private key, naming it by ``kid``."""
 
     def __init__(self, private_pem: bytes, *, issuer: str, audience: str) -> None:
-        self._key = serialization.load_pem_private_key(private_pem, password=None)
+        key = serialization.load_pem_private_key(private_pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("the signing key must be an Ed25519 key")
+        self._key = key
         self.jwk = public_jwk(private_pem)
         self._issuer = issuer
         self._audience = audience
@@ -137,7 +155,7 @@ class TokenSigner:
         role: str | None,
         scopes: Iterable[str],
         ttl: dt.timedelta,
-        token_type: str = "access",
+        token_type: str = "access",  # noqa: S107 - a claim value, not a secret
         now: dt.datetime | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Returns (token, claims)."""
@@ -156,8 +174,12 @@ class TokenSigner:
             claims["org"] = organization
         if role is not None:
             claims["role"] = role
-        token = jwt.encode(claims, self._key, algorithm=ALGORITHM,  # type: ignore[arg-type]
-                           headers={"kid": self.jwk["kid"]})
+        token = jwt.encode(
+            claims,
+            self._key,
+            algorithm=ALGORITHM,
+            headers={"kid": self.jwk["kid"]},
+        )
         return token, claims
 
 
@@ -225,9 +247,8 @@ class KeySet:
     def may_reload(self) -> bool:
         """Whether an unknown ``kid`` may trigger a reload now."""
         return (
-            (self._file is not None or self._url is not None)
-            and time.monotonic() - self._last_reload >= self._min_reload
-        )
+            self._file is not None or self._url is not None
+        ) and time.monotonic() - self._last_reload >= self._min_reload
 
 
 # Returns True when a token id has been revoked (e.g. a Redis denylist lookup).
@@ -265,11 +286,9 @@ class TokenVerifier:
             raise Unauthenticated("the token names no key id (kid)", reason="TOKEN_NO_KID")
         key = self._keys.get(kid)
         if key is None and self._keys.may_reload():
-
-            try:
+            # On a failed reload the old keys stay in force and judge the token.
+            with contextlib.suppress(OSError, ValueError):
                 await asyncio.to_thread(self._keys.reload)
-            except (OSError, ValueError):
-                pass  # The old keys stay in force; the token is judged against them.
             key = self._keys.get(kid)
         if key is None:
             raise Unauthenticated(f"unknown signing key {kid!r}", reason="TOKEN_UNKNOWN_KEY")

@@ -100,7 +100,9 @@ async def migrate(conn: asyncpg.Connection, schema: str, directory: Path) -> lis
                     applied_at timestamptz NOT NULL DEFAULT now()
                 )"""
         )
-        rows = await conn.fetch(f"SELECT version, checksum FROM {quoted}.schema_migrations")
+        rows = await conn.fetch(
+            f"SELECT version, checksum FROM {quoted}.schema_migrations"  # noqa: S608 - quoted identifier
+        )
         recorded = {row["version"]: row["checksum"] for row in rows}
         for migration in migrations:
             checksum = recorded.get(migration.version)
@@ -113,7 +115,7 @@ async def migrate(conn: asyncpg.Connection, schema: str, directory: Path) -> lis
                 continue
             await conn.execute(migration.sql)
             await conn.execute(
-                f"INSERT INTO {quoted}.schema_migrations (version, name, checksum) "
+                f"INSERT INTO {quoted}.schema_migrations (version, name, checksum) "  # noqa: S608
                 "VALUES ($1, $2, $3)",
                 migration.version,
                 migration.name,
@@ -167,9 +169,7 @@ async def connect_pool(
 
 
 @contextlib.asynccontextmanager
-async def organization_transaction(
-    pool: asyncpg.Pool, organization: str
-) -> AsyncIterator[Any]:
+async def organization_transaction(pool: asyncpg.Pool, organization: str) -> AsyncIterator[Any]:
     """A transaction in which row-level security sees only ``organization``.
 
     Sets ``app.org_id`` for this transaction only (``set_config(..., true)``), so a

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from servicekit.auth import ROLE_SCOPES, TokenSigner, generate_signing_key, public_jwk
 
@@ -71,10 +72,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Starts (or reuses) the server; returns its URL (Unix socket)."""
-        import pgserver  # imported here: only the embedded path needs it
+        from pgserver import postgres_server  # imported here: only this path needs it
 
         self.folder.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(self.folder, cleanup_mode="stop")
+        server = postgres_server.get_server(self.folder, cleanup_mode="stop")
         self._server = server
         return str(server.get_uri())
 
@@ -111,9 +112,21 @@ class EmbeddedRedis:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                self.executable(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.folder), "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--loglevel", "warning",
+                self.executable(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -214,7 +227,7 @@ def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 6
 
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)  # its type stubs list no methods
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 return False
@@ -270,8 +283,11 @@ def run(args: argparse.Namespace) -> int:
             for name, process in children:
                 port = _port_of(name, env)
                 if not wait_serving(port, process):
-                    print(f"agent-ready: {name} did not become healthy on port {port}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"agent-ready: {name} did not become healthy on port {port}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     exit_code = 1
                     break
             else:
@@ -279,8 +295,11 @@ def run(args: argparse.Namespace) -> int:
             while exit_code == 0 and not stop_requested:
                 for name, process in children:
                     if process.poll() is not None:
-                        print(f"agent-ready: {name} exited with code {process.returncode}",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"agent-ready: {name} exited with code {process.returncode}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         exit_code = 1
                 time.sleep(0.2)
         finally:
@@ -292,8 +311,11 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    print(f"agent-ready: {name} did not stop in time; killing it",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"agent-ready: {name} did not stop in time; killing it",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     process.kill()
                     process.wait()
     print("agent-ready: stopped", flush=True)
@@ -309,8 +331,8 @@ def _print_ready(env: Mapping[str, str]) -> None:
         "Try:",
         "  .venv/bin/grpcurl -plaintext 127.0.0.1:50052 list",
         "  TOKEN=$(make -s token ORG=demo)",
-        "  .venv/bin/grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" \\",
-        "      -d '{\"organization\": \"demo\", \"service\": \"ai\", \"key\": \"threshold\"}' \\",
+        '  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\',
+        '      -d \'{"organization": "demo", "service": "ai", "key": "threshold"}\' \\',
         "      127.0.0.1:50052 agentready.config.v1.ConfigService/GetConfig",
         "",
         "Ctrl-C stops everything.",

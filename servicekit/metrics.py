@@ -20,8 +20,25 @@ RPC_LATENCY = Histogram(
     "grpc_server_handling_seconds",
     "Time from the start of an RPC to its end (whole stream for streaming RPCs).",
     ["grpc_service", "grpc_method", "grpc_type"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-             30, 60, 300),
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+        60,
+        300,
+    ),
 )
 RPC_IN_FLIGHT = Gauge(
     "grpc_server_in_flight",
@@ -30,7 +47,7 @@ RPC_IN_FLIGHT = Gauge(
 )
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> WSGIServer:  # noqa: S104 - scraped
+def serve_metrics(port: int, host: str = "0.0.0.0") -> WSGIServer:
     """Starts the ``/metrics`` HTTP endpoint in a daemon thread.
 
     Returns:

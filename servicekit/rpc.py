@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -43,9 +43,16 @@ REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Infrastructure services answer without a token: probes and tooling must reach them.
 OPEN_SERVICES = frozenset(
-    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-     "grpc.reflection.v1.ServerReflection"}
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
 )
+
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Context = grpc.aio.ServicerContext[Any, Any]
 
 principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "principal", default=None
@@ -72,9 +79,7 @@ def _pack(message: Any) -> any_pb2.Any:
 
 def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
     """The ``google.rpc.Status`` (with details) a domain error is reported as."""
-    status = status_pb2.Status(
-        code=getattr(code_pb2, error.code_name), message=error.message
-    )
+    status = status_pb2.Status(code=getattr(code_pb2, error.code_name), message=error.message)
     status.details.append(
         _pack(
             error_details_pb2.ErrorInfo(
@@ -125,7 +130,7 @@ class _Call:
         self.counted = False
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of a server in the shared call path."""
 
     def __init__(
@@ -142,9 +147,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -153,9 +158,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         needs_auth = method not in self._public and service not in OPEN_SERVICES
         return self._wrap(handler, method, needs_auth)
 
-    def _wrap(
-        self, handler: grpc.RpcMethodHandler, method: str, needs_auth: bool
-    ) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: Handler, method: str, needs_auth: bool) -> Handler:
         if handler.request_streaming and handler.response_streaming:
             kind, field = "bidi_stream", "stream_stream"
         elif handler.request_streaming:
@@ -168,7 +171,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         if handler.response_streaming:
 
-            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def streaming(request: Any, context: Context) -> Any:
                 call = _Call(method, kind, needs_auth)
                 try:
                     await self._enter(call, context)
@@ -181,7 +184,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     else:
                         for item in result:
                             yield item
-                except BaseException as exc:  # noqa: BLE001 - mapped or re-raised
+                except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
                     self._leave(call)
@@ -189,7 +192,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             wrapped: Callable[..., Any] = streaming
         else:
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary(request: Any, context: Context) -> Any:
                 call = _Call(method, kind, needs_auth)
                 try:
                     await self._enter(call, context)
@@ -197,16 +200,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     if inspect.isawaitable(result):
                         result = await result
                     return result
-                except BaseException as exc:  # noqa: BLE001 - mapped or re-raised
+                except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
                     self._leave(call)
 
             wrapped = unary
-        return handler._replace(**{field: wrapped})
+        # Handlers are namedtuples: swap in the wrapped behaviour, keep the codecs.
+        replaced: Handler = cast(Any, handler)._replace(**{field: wrapped})
+        return replaced
 
-    async def _enter(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
-        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
+    async def _enter(self, call: _Call, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get(REQUEST_ID_HEADER, "")
         if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
             request_id = uuid.uuid4().hex
@@ -237,15 +242,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if self._verifier is None:
             raise errors.Unauthenticated(
-                "this server has no keys to verify tokens with (set JWT_JWKS_FILE or "
-                "JWT_JWKS_URL)",
+                "this server has no keys to verify tokens with (set JWT_JWKS_FILE or JWT_JWKS_URL)",
                 reason="NO_VERIFICATION_KEYS",
             )
         return await self._verifier.verify(token.strip())
 
-    async def _fail(
-        self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException
-    ) -> NoReturn:
+    async def _fail(self, call: _Call, context: Context, exc: BaseException) -> NoReturn:
         """Reports ``exc`` to the client as a status, or re-raises what must pass."""
         if isinstance(exc, grpc.aio.AbortError):
             code = context.code()
@@ -278,4 +280,3 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         RPC_LATENCY.labels(call.service, call.method, call.kind).observe(
             time.perf_counter() - call.started
         )
-

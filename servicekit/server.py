@@ -106,9 +106,7 @@ class RunningServer:
         self.resources = resources
         self.port = port
         self._metrics = metrics
-        self.metrics_port: int | None = (
-            int(metrics.server_port) if metrics is not None else None
-        )
+        self.metrics_port: int | None = int(metrics.server_port) if metrics is not None else None
         self._stopped = asyncio.Event()
 
     async def stop(self) -> None:
@@ -210,8 +208,12 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     )
     log.info(
         "serving",
-        extra={"grpc_port": port, "metrics_port": running.metrics_port,
-               "services": list(spec.service_names), "auth": verifier is not None},
+        extra={
+            "grpc_port": port,
+            "metrics_port": running.metrics_port,
+            "services": list(spec.service_names),
+            "auth": verifier is not None,
+        },
     )
     return running
 

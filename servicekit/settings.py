@@ -46,25 +46,44 @@ class Settings:
 # (variable, default, description) for the settings every server shares. The README's
 # table is checked against this list by a test, so the two cannot drift apart.
 COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
-    ("DATABASE_URL", "postgresql://127.0.0.1:5432/postgres",
-     "PostgreSQL URL (`postgresql://user:pass@host:port/db`, or `?host=/socket/dir`)."),
+    (
+        "DATABASE_URL",
+        "postgresql://127.0.0.1:5432/postgres",
+        "PostgreSQL URL (`postgresql://user:pass@host:port/db`, or `?host=/socket/dir`).",
+    ),
     ("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL (`redis://`, `rediss://` or `unix://`)."),
     ("GRPC_HOST", "[::]", "Address the gRPC server binds."),
-    ("<SVC>_GRPC_PORT / GRPC_PORT", "50051 / 50052 / 50053",
-     "gRPC port of TenantService / ConfigService / ProvisionerService; 0 picks a free one."),
-    ("<SVC>_METRICS_PORT / METRICS_PORT", "9451 / 9452 / 9453",
-     "Prometheus `/metrics` port; `off` disables it, 0 picks a free one."),
+    (
+        "<SVC>_GRPC_PORT / GRPC_PORT",
+        "50051 / 50052 / 50053",
+        "gRPC port of TenantService / ConfigService / ProvisionerService; 0 picks a free one.",
+    ),
+    (
+        "<SVC>_METRICS_PORT / METRICS_PORT",
+        "9451 / 9452 / 9453",
+        "Prometheus `/metrics` port; `off` disables it, 0 picks a free one.",
+    ),
     ("LOG_LEVEL", "INFO", "One of DEBUG, INFO, WARNING, ERROR."),
     ("LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
     ("SHUTDOWN_GRACE_SECONDS", "10", "How long in-flight RPCs may finish after SIGTERM."),
-    ("SHUTDOWN_DRAIN_SECONDS", "0",
-     "How long health answers NOT_SERVING before the server stops accepting RPCs."),
+    (
+        "SHUTDOWN_DRAIN_SECONDS",
+        "0",
+        "How long health answers NOT_SERVING before the server stops accepting RPCs.",
+    ),
     ("DB_POOL_MIN", "1", "Minimum PostgreSQL connections per process."),
     ("DB_POOL_MAX", "10", "Maximum PostgreSQL connections per process."),
-    ("DB_CONNECT_TIMEOUT_SECONDS", "30",
-     "How long start-up waits for PostgreSQL to answer before giving up."),
-    ("JWT_JWKS_FILE", "(unset)", "Path of a JWKS file with the public keys tokens are verified "
-     "with; re-read when a token names an unknown `kid`."),
+    (
+        "DB_CONNECT_TIMEOUT_SECONDS",
+        "30",
+        "How long start-up waits for PostgreSQL to answer before giving up.",
+    ),
+    (
+        "JWT_JWKS_FILE",
+        "(unset)",
+        "Path of a JWKS file with the public keys tokens are verified "
+        "with; re-read when a token names an unknown `kid`.",
+    ),
     ("JWT_JWKS_URL", "(unset)", "HTTP(S) URL of a JWKS document, used when no file is set."),
     ("JWT_ISSUER", "agentready", "Required `iss` claim of every token."),
     ("JWT_AUDIENCE", "agentready", "Required `aud` claim of every token."),
@@ -195,9 +214,7 @@ def load_settings(
 
     db_var, db_url = read.raw("DATABASE_URL")
     redis_var, redis_url = read.raw("REDIS_URL")
-    grpc_port = read.integer(
-        "GRPC_PORT", DEFAULT_GRPC_PORTS[service], lo=0, hi=65535, scoped=True
-    )
+    grpc_port = read.integer("GRPC_PORT", DEFAULT_GRPC_PORTS[service], lo=0, hi=65535, scoped=True)
     _, metrics_raw = read.raw("METRICS_PORT", scoped=True)
     metrics_port: int | None
     if metrics_raw is not None and metrics_raw.lower() in ("off", "none", "disabled"):

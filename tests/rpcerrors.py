@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message
 from google.rpc import error_details_pb2, status_pb2
-
 
 T = TypeVar("T", bound=message.Message)
 
 
 def status_of(error: grpc.RpcError) -> status_pb2.Status:
     """The rich status in the call's trailers (``grpc-status-details-bin``)."""
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+    trailers: Any = error.trailing_metadata()
+    for key, value in trailers or ():
         if key == "grpc-status-details-bin":
             return status_pb2.Status.FromString(value)
     raise AssertionError(f"no google.rpc.Status in the trailers of {error!r}")

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -83,7 +84,7 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(server_env: dict[st
         port = serving["grpc_port"]
         assert isinstance(port, int)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # its type stubs list no methods
             watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
             statuses: list[int] = []
 

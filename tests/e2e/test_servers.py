@@ -8,17 +8,18 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
+from agentready.config.v1 import config_pb2, config_service_pb2_grpc
+from agentready.tenant.v1 import tenant_pb2, tenant_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from agentready.config.v1 import config_pb2, config_service_pb2_grpc
-from agentready.tenant.v1 import tenant_pb2, tenant_service_pb2_grpc
 from servicekit.server import RunningServer
 from tests.conftest import Keys
 from tests.rpcerrors import error_info
@@ -34,7 +35,7 @@ SERVICE_NAMES = {
 @pytest.mark.parametrize("name", sorted(SERVICE_NAMES))
 async def test_health_answers_serving(servers: dict[str, RunningServer], name: str) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[name].port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)  # its type stubs list no methods
         for service in ("", SERVICE_NAMES[name]):
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -78,9 +79,15 @@ async def test_grpcurl_with_a_bad_token_is_unauthenticated(
     servers: dict[str, RunningServer],
 ) -> None:
     result = await asyncio.to_thread(
-        run, GRPCURL, "-plaintext", "-H", "authorization: Bearer forged.token.here",
-        "-d", '{"organization": "acme", "service": "ai", "key": "threshold"}',
-        f"127.0.0.1:{servers['config'].port}", "agentready.config.v1.ConfigService/GetConfig",
+        run,
+        GRPCURL,
+        "-plaintext",
+        "-H",
+        "authorization: Bearer forged.token.here",
+        "-d",
+        '{"organization": "acme", "service": "ai", "key": "threshold"}',
+        f"127.0.0.1:{servers['config'].port}",
+        "agentready.config.v1.ConfigService/GetConfig",
     )
     assert result.returncode != 0
     assert "Code: Unauthenticated" in result.stderr
@@ -122,7 +129,8 @@ async def test_expired_and_foreign_tokens_are_unauthenticated(
         for token in (expired, foreign):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.GetConfig(
-                    get_config_request(), metadata=(("authorization", f"Bearer {token}"),),
+                    get_config_request(),
+                    metadata=(("authorization", f"Bearer {token}"),),
                     timeout=5,
                 )
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -146,7 +154,8 @@ async def test_rpcs_not_built_yet_answer_unimplemented(
         stub = config_service_pb2_grpc.ConfigServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.GetConfig(
-                get_config_request(), metadata=(("authorization", f"Bearer {keys.token()}"),),
+                get_config_request(),
+                metadata=(("authorization", f"Bearer {keys.token()}"),),
                 timeout=5,
             )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

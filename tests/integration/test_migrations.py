@@ -30,7 +30,9 @@ def write(folder: Path, name: str, sql: str) -> None:
     (folder / name).write_text(sql)
 
 
-async def test_migrations_apply_once_in_order(pool: asyncpg.Pool, schema: str, tmp_path: Path) -> None:
+async def test_migrations_apply_once_in_order(
+    pool: asyncpg.Pool, schema: str, tmp_path: Path
+) -> None:
     write(tmp_path, "0001_items.sql", f"CREATE TABLE {schema}.items (id int PRIMARY KEY);")
     write(tmp_path, "0002_name.sql", f"ALTER TABLE {schema}.items ADD COLUMN name text;")
     async with pool.acquire() as conn:
@@ -45,8 +47,9 @@ async def test_concurrent_starts_apply_each_migration_once(
     database_url: str, schema: str, tmp_path: Path
 ) -> None:
     # A migration that fails if it runs twice: the second CREATE TABLE would raise.
-    write(tmp_path, "0001_items.sql",
-          f"CREATE TABLE {schema}.items (id int); SELECT pg_sleep(0.2);")
+    write(
+        tmp_path, "0001_items.sql", f"CREATE TABLE {schema}.items (id int); SELECT pg_sleep(0.2);"
+    )
     write(tmp_path, "0002_more.sql", f"CREATE TABLE {schema}.more (id int);")
 
     async def one_replica() -> list[int]:
@@ -85,7 +88,7 @@ async def test_a_failing_migration_leaves_nothing_behind(
 
 def test_misnamed_and_duplicate_files_are_refused(tmp_path: Path) -> None:
     write(tmp_path / "a", "1_items.sql", "")
-    with pytest.raises(MigrationError, match="NNNN_description.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_description\.sql"):
         load_migrations(tmp_path / "a")
     write(tmp_path / "b", "0001_items.sql", "")
     write(tmp_path / "b", "0001_other.sql", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -75,23 +76,25 @@ async def test_the_key_is_picked_by_kid_among_several() -> None:
 async def test_unusable_tokens_are_unauthenticated(tamper: str, reason: str) -> None:
     signer, jwk = make_signer()
     other, _ = make_signer()
-    token = {
+    makers: dict[str, Callable[[], str]] = {
         "expired": lambda: mint(
-            signer, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2),
+            signer,
+            now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2),
             ttl=dt.timedelta(minutes=5),
         ),
         "unknown_key": lambda: mint(other),
         # Signed by another key but claiming the trusted key's id.
         "forged": lambda: jwt.encode(
             {**jwt.decode(mint(other), options={"verify_signature": False})},
-            other._key,  # type: ignore[arg-type]
+            other._key,
             algorithm="EdDSA",
             headers={"kid": jwk["kid"]},
         ),
         "refresh": lambda: mint(signer, token_type="refresh"),
         "garbage": lambda: "not.a.token",
         "revoked": lambda: mint(signer),
-    }[tamper]()
+    }
+    token = makers[tamper]()
     revoked = set()
     if tamper == "revoked":
         revoked.add(jwt.decode(token, options={"verify_signature": False})["jti"])
@@ -114,8 +117,12 @@ async def test_a_rotated_key_is_picked_up_from_the_jwks_file(tmp_path: Path) -> 
 
 def test_principal_requires_its_own_organization_and_the_scope() -> None:
     principal = Principal(
-        subject="u", organization="acme", role="viewer", scopes=frozenset({"config:read"}),
-        token_id="t", expires_at=dt.datetime.now(dt.UTC),
+        subject="u",
+        organization="acme",
+        role="viewer",
+        scopes=frozenset({"config:read"}),
+        token_id="t",
+        expires_at=dt.datetime.now(dt.UTC),
     )
     principal.require("acme", "config:read")
     with pytest.raises(PermissionDenied) as wrong_org:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from google.rpc import code_pb2, error_details_pb2
 
 from servicekit import errors
 from servicekit.rpc import ERROR_DOMAIN, status_from_error
 
+T = TypeVar("T")
 
-def unpack(status: object, kind: type) -> list[object]:
+
+def unpack(status: Any, kind: type[T]) -> list[T]:
     found = []
-    for detail in status.details:  # type: ignore[attr-defined]
-        message = kind()
+    for detail in status.details:
+        message: Any = kind()
         if detail.Is(message.DESCRIPTOR):
             detail.Unpack(message)
             found.append(message)

@@ -9,7 +9,9 @@ from servicekit.settings import load_settings
 
 
 def test_defaults_give_each_service_its_own_port() -> None:
-    ports = {name: load_settings(name, {}).grpc_port for name in ("tenant", "config", "provisioner")}
+    ports = {
+        name: load_settings(name, {}).grpc_port for name in ("tenant", "config", "provisioner")
+    }
     assert ports == {"tenant": 50051, "config": 50052, "provisioner": 50053}
 
 
@@ -32,7 +34,10 @@ def test_unix_socket_database_url_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"DATABASE_URL": "mysql://db:3306/x"}, "DATABASE_URL: scheme 'mysql' is not postgresql://"),
+        (
+            {"DATABASE_URL": "mysql://db:3306/x"},
+            "DATABASE_URL: scheme 'mysql' is not postgresql://",
+        ),
         ({"DATABASE_URL": "postgresql://host:99999/db"}, "DATABASE_URL: malformed URL"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL: scheme '(none)'"),
         ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL: scheme 'http'"),
@@ -42,7 +47,10 @@ def test_unix_socket_database_url_is_accepted() -> None:
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD': expected one of DEBUG"),
         ({"SHUTDOWN_GRACE_SECONDS": "soon"}, "SHUTDOWN_GRACE_SECONDS='soon': not a number"),
         ({"DB_POOL_MIN": "5", "DB_POOL_MAX": "2"}, "DB_POOL_MAX=2 is below DB_POOL_MIN=5"),
-        ({"JWT_JWKS_FILE": "/nonexistent/jwks.json"}, "JWT_JWKS_FILE='/nonexistent/jwks.json': no such file"),
+        (
+            {"JWT_JWKS_FILE": "/nonexistent/jwks.json"},
+            "JWT_JWKS_FILE='/nonexistent/jwks.json': no such file",
+        ),
         ({"JWT_JWKS_URL": "ftp://keys"}, "JWT_JWKS_URL='ftp://keys': expected an http"),
     ],
 )
