@@ -35,8 +35,8 @@ class ConfigServiceStub:
     Authentication and authorization: every RPC needs a token scoped to the request's
     organization in the `authorization: Bearer <token>` metadata (missing, expired or
     revoked = UNAUTHENTICATED). Reads need scope "config:read" and writes scope
-    "config:write" (a user token carries the scopes of the member's role: values are
-    written from role member up, schemas from role admin up). A token for another
+    "config:write" (a user token carries the scopes of the member's role: owners and
+    admins read and write values and schemas, members and viewers read). A token for another
     organization or without the scope is PERMISSION_DENIED (ErrorInfo reason
     "WRONG_ORGANIZATION" or "MISSING_SCOPE").
 
@@ -134,8 +134,8 @@ class ConfigServiceServicer:
     Authentication and authorization: every RPC needs a token scoped to the request's
     organization in the `authorization: Bearer <token>` metadata (missing, expired or
     revoked = UNAUTHENTICATED). Reads need scope "config:read" and writes scope
-    "config:write" (a user token carries the scopes of the member's role: values are
-    written from role member up, schemas from role admin up). A token for another
+    "config:write" (a user token carries the scopes of the member's role: owners and
+    admins read and write values and schemas, members and viewers read). A token for another
     organization or without the scope is PERMISSION_DENIED (ErrorInfo reason
     "WRONG_ORGANIZATION" or "MISSING_SCOPE").
 
@@ -354,8 +354,8 @@ class ConfigService:
     Authentication and authorization: every RPC needs a token scoped to the request's
     organization in the `authorization: Bearer <token>` metadata (missing, expired or
     revoked = UNAUTHENTICATED). Reads need scope "config:read" and writes scope
-    "config:write" (a user token carries the scopes of the member's role: values are
-    written from role member up, schemas from role admin up). A token for another
+    "config:write" (a user token carries the scopes of the member's role: owners and
+    admins read and write values and schemas, members and viewers read). A token for another
     organization or without the scope is PERMISSION_DENIED (ErrorInfo reason
     "WRONG_ORGANIZATION" or "MISSING_SCOPE").
 

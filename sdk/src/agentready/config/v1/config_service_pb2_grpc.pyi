@@ -36,8 +36,8 @@ class ConfigServiceStub:
     Authentication and authorization: every RPC needs a token scoped to the request's
     organization in the `authorization: Bearer <token>` metadata (missing, expired or
     revoked = UNAUTHENTICATED). Reads need scope "config:read" and writes scope
-    "config:write" (a user token carries the scopes of the member's role: values are
-    written from role member up, schemas from role admin up). A token for another
+    "config:write" (a user token carries the scopes of the member's role: owners and
+    admins read and write values and schemas, members and viewers read). A token for another
     organization or without the scope is PERMISSION_DENIED (ErrorInfo reason
     "WRONG_ORGANIZATION" or "MISSING_SCOPE").
 
@@ -140,8 +140,8 @@ class ConfigServiceAsyncStub(ConfigServiceStub):
     Authentication and authorization: every RPC needs a token scoped to the request's
     organization in the `authorization: Bearer <token>` metadata (missing, expired or
     revoked = UNAUTHENTICATED). Reads need scope "config:read" and writes scope
-    "config:write" (a user token carries the scopes of the member's role: values are
-    written from role member up, schemas from role admin up). A token for another
+    "config:write" (a user token carries the scopes of the member's role: owners and
+    admins read and write values and schemas, members and viewers read). A token for another
     organization or without the scope is PERMISSION_DENIED (ErrorInfo reason
     "WRONG_ORGANIZATION" or "MISSING_SCOPE").
 
@@ -240,8 +240,8 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
     Authentication and authorization: every RPC needs a token scoped to the request's
     organization in the `authorization: Bearer <token>` metadata (missing, expired or
     revoked = UNAUTHENTICATED). Reads need scope "config:read" and writes scope
-    "config:write" (a user token carries the scopes of the member's role: values are
-    written from role member up, schemas from role admin up). A token for another
+    "config:write" (a user token carries the scopes of the member's role: owners and
+    admins read and write values and schemas, members and viewers read). A token for another
     organization or without the scope is PERMISSION_DENIED (ErrorInfo reason
     "WRONG_ORGANIZATION" or "MISSING_SCOPE").
 

@@ -39,7 +39,7 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     keys, configuration schemas and environment.
     """
     ROLE_MEMBER: _Role.ValueType  # 3
-    """Reads and writes projects, notes and configuration values."""
+    """Reads and writes projects and notes; reads configuration."""
     ROLE_VIEWER: _Role.ValueType  # 4
     """Reads only."""
 
@@ -82,7 +82,7 @@ ROLE_ADMIN: Role.ValueType  # 2
 keys, configuration schemas and environment.
 """
 ROLE_MEMBER: Role.ValueType  # 3
-"""Reads and writes projects, notes and configuration values."""
+"""Reads and writes projects and notes; reads configuration."""
 ROLE_VIEWER: Role.ValueType  # 4
 """Reads only."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
