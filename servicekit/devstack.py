@@ -72,6 +72,9 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Starts (or reuses) the server; returns its URL (Unix socket)."""
+        # pgserver asks platformdirs for a runtime folder it never uses; without
+        # XDG_RUNTIME_DIR that only prints a warning on every start.
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.folder.parent))
         from pgserver import postgres_server  # imported here: only this path needs it
 
         self.folder.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     print(f"agent-ready: starting the suite (data in {folder})", flush=True)
-    key_path, jwks_path = ensure_dev_keys(folder / "keys")
+    _, jwks_path = ensure_dev_keys(folder / "keys")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     exit_code = 0
     with backing_services(folder) as backing:
@@ -267,10 +270,6 @@ def run(args: argparse.Namespace) -> int:
             **os.environ,
             **backing,
             "JWT_JWKS_FILE": os.environ.get("JWT_JWKS_FILE", str(jwks_path)),
-            "TENANT_SIGNING_KEY_FILE": os.environ.get("TENANT_SIGNING_KEY_FILE", str(key_path)),
-            "PROVISIONER_GITOPS_DIR": os.environ.get(
-                "PROVISIONER_GITOPS_DIR", str(folder / "gitops")
-            ),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
             "PYTHONUNBUFFERED": "1",
         }

@@ -66,15 +66,21 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        context = " ".join(
-            f"{key}={value}"
+        fields = [
+            (key, value)
             for key, value in (
                 ("request_id", request_id_var.get()),
                 ("org", organization_var.get()),
                 ("method", method_var.get()),
             )
             if value is not None
-        )
+        ]
+        fields += [
+            (key, value)
+            for key, value in record.__dict__.items()
+            if key not in _RECORD_FIELDS and not key.startswith("_")
+        ]
+        context = " ".join(f"{key}={value}" for key, value in fields)
         return f"{line} [{context}]" if context else line
 
 

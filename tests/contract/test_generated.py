@@ -13,7 +13,9 @@ import pytest
 from servicekit.devstack import REPO_ROOT
 
 SDK_SRC = REPO_ROOT / "sdk" / "src"
-PROTOS = sorted(str(p.relative_to(REPO_ROOT / "protos")) for p in REPO_ROOT.glob("protos/**/*.proto"))
+PROTOS = sorted(
+    str(p.relative_to(REPO_ROOT / "protos")) for p in REPO_ROOT.glob("protos/**/*.proto")
+)
 BUF = REPO_ROOT / "node_modules" / ".bin" / "buf"
 
 
@@ -28,9 +30,16 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO_ROOT / "protos"),
-            f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-            f"--mypy_out={tmp_path}", f"--mypy_grpc_out={tmp_path}", *PROTOS,
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO_ROOT / "protos"),
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            f"--mypy_out={tmp_path}",
+            f"--mypy_grpc_out={tmp_path}",
+            *PROTOS,
         ],
         cwd=REPO_ROOT / "protos",
         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
@@ -72,9 +81,10 @@ def test_sdk_installs_into_a_fresh_virtualenv(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(sdk)],
-        capture_output=True, text=True, timeout=600,
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(sdk)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert install.returncode == 0, install.stderr
     probe = (
@@ -91,8 +101,12 @@ def test_sdk_installs_into_a_fresh_virtualenv(tmp_path: Path) -> None:
         "print(agentready.__file__)\n"
     )
     result = subprocess.run(
-        [str(python), "-I", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": os.environ["PATH"]}, timeout=60,
+        [str(python), "-I", "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(venv))

@@ -43,7 +43,11 @@ def test_make_run_from_a_clean_clone(tmp_path: Path) -> None:
     with log.open("wb") as out:
         # Its own process group: the test sends Ctrl-C to it as a terminal would.
         process = subprocess.Popen(
-            ["make", "run"], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
+            ["make", "run"],
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -56,8 +60,12 @@ def test_make_run_from_a_clean_clone(tmp_path: Path) -> None:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
         token = subprocess.run(
-            ["make", "-s", "token", "ORG=demo"], cwd=clone, env=env, capture_output=True,
-            text=True, check=True,
+            ["make", "-s", "token", "ORG=demo"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         assert token.count(".") == 2
         os.killpg(process.pid, signal.SIGINT)
