@@ -2,23 +2,120 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import grpc
 from agentready.config.v1 import config_service_pb2, config_service_pb2_grpc
 
+from config_service.adapters.notifier import Notifier
+from config_service.adapters.postgres import ConfigStore
+from config_service.entrypoints.convert import WatchMessages
 from config_service.entrypoints.grpc_api import ConfigServiceServicer
+from config_service.service_layer.hub import Hub
+from config_service.service_layer.maintenance import run_maintenance
+from config_service.service_layer.writes import ConfigWriter
 from servicekit.server import Resources, ServiceSpec
+from servicekit.settings import ExtraSetting
 
 SERVICE_NAME = config_service_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
 
+SETTINGS = {
+    "CONFIG_CHANNEL_PREFIX": ExtraSetting(
+        "agentready", "Prefix of the Redis pub/sub channels (`<prefix>:config:<org>`)."
+    ),
+    "CONFIG_POLL_INTERVAL_SECONDS": ExtraSetting(
+        "1",
+        "How often each replica checks PostgreSQL for revisions it was not told of.",
+        kind="seconds",
+        lo=0.05,
+        hi=60,
+    ),
+    "CONFIG_FALLBACK_POLL_SECONDS": ExtraSetting(
+        "0.2",
+        "The same, while Redis pub/sub is down.",
+        kind="seconds",
+        lo=0.01,
+        hi=1,
+    ),
+    "CONFIG_WATCH_QUEUE": ExtraSetting(
+        "1024",
+        "Revisions a WatchConfig stream may fall behind before it is closed.",
+        kind="int",
+        lo=1,
+        hi=1_000_000,
+    ),
+    "CONFIG_HISTORY_RETENTION": ExtraSetting(
+        "100000",
+        "Revisions of history kept per organization; 0 keeps everything.",
+        kind="int",
+        lo=0,
+        hi=10**12,
+    ),
+    "CONFIG_COMPACT_INTERVAL_SECONDS": ExtraSetting(
+        "300",
+        "How often history is compacted.",
+        kind="seconds",
+        lo=1,
+        hi=86400,
+    ),
+}
+
 
 async def register(server: grpc.aio.Server, resources: Resources) -> None:
-    """Adds the ConfigService servicer to ``server``."""
-    del resources
-    # RPCs not built yet stay abstract; the shared call path answers them UNIMPLEMENTED.
-    servicer = ConfigServiceServicer()  # type: ignore[abstract]
+    """Builds ConfigService (store, hub, notifier) and starts its background tasks."""
+    extra = resources.settings.extra
+    store = ConfigStore(resources.pool)
+    hub = Hub(
+        store,
+        WatchMessages().event,
+        queue_capacity=extra["CONFIG_WATCH_QUEUE"],
+        poll_interval=extra["CONFIG_POLL_INTERVAL_SECONDS"],
+        fallback_poll_interval=extra["CONFIG_FALLBACK_POLL_SECONDS"],
+    )
+    notifier = Notifier(
+        resources.redis,
+        prefix=extra["CONFIG_CHANNEL_PREFIX"],
+        on_revision=hub.notify,
+        on_health=lambda healthy: hub.set_fallback(not healthy),
+    )
+
+    def committed(organization: str, revision: int) -> None:
+        hub.notify(organization, revision)  # local streams at once, Redis or not
+        notifier.publish(organization, revision)
+
+    writer = ConfigWriter(store, committed)
+    servicer = ConfigServiceServicer(store, writer, hub)
     config_service_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, server)
+
+    tasks = [
+        asyncio.create_task(hub.run_poller(), name="config-poller"),
+        asyncio.create_task(notifier.run_publisher(), name="config-publisher"),
+        asyncio.create_task(notifier.run_subscriber(), name="config-subscriber"),
+        asyncio.create_task(
+            run_maintenance(
+                store,
+                keep=extra["CONFIG_HISTORY_RETENTION"],
+                interval=extra["CONFIG_COMPACT_INTERVAL_SECONDS"],
+            ),
+            name="config-maintenance",
+        ),
+    ]
+
+    async def end_streams() -> None:
+        hub.close_streams()
+
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await hub.close()
+
+    resources.on_stopping(end_streams)
+    resources.on_shutdown(stop_tasks)
 
 
 SPEC = ServiceSpec(
@@ -27,5 +124,5 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     service_names=(SERVICE_NAME,),
     register=register,
-    public_methods=frozenset(),
+    extra_settings=SETTINGS,
 )

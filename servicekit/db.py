@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -152,6 +153,7 @@ async def connect_pool(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
+                init=_init_connection,
                 server_settings={
                     "application_name": application_name,
                     "search_path": f"{quote_identifier(schema)}, public",
@@ -168,15 +170,40 @@ async def connect_pool(
             delay = min(delay * 2, 2.0)
 
 
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """json and jsonb columns and parameters as Python values."""
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind, encoder=_json_dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 @contextlib.asynccontextmanager
-async def organization_transaction(pool: asyncpg.Pool, organization: str) -> AsyncIterator[Any]:
+async def organization_transaction(
+    pool: asyncpg.Pool,
+    organization: str,
+    *,
+    role: str,
+    isolation: str = "read_committed",
+    readonly: bool = False,
+) -> AsyncIterator[Any]:
     """A transaction in which row-level security sees only ``organization``.
 
-    Sets ``app.org_id`` for this transaction only (``set_config(..., true)``), so a
-    pooled connection never carries one tenant's setting into another's work.
+    The transaction runs as ``role`` (a role without BYPASSRLS that owns nothing, so
+    the policies apply even when the pool connects as a superuser) with ``app.org_id``
+    set to ``organization``; both settings end with the transaction, so a pooled
+    connection never carries one tenant's setting into another's work.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('app.org_id', $1, true)", organization)
+    async with pool.acquire() as conn, conn.transaction(isolation=isolation, readonly=readonly):
+        await conn.execute(
+            "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true)",
+            role,
+            organization,
+        )
         yield conn
 
 

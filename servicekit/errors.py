@@ -127,10 +127,25 @@ class Aborted(AgentReadyError):
 
 
 class FailedPrecondition(AgentReadyError):
-    """The system is not in a state the operation needs."""
+    """The system is not in a state the operation needs.
+
+    ``violations`` name what stands in the way (``PreconditionFailure`` details, with
+    the error's reason as their type).
+    """
 
     code_name = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        violations: Sequence[FieldViolation] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = tuple(violations)
 
 
 class Unauthenticated(AgentReadyError):

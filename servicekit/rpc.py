@@ -100,6 +100,19 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                 )
             )
         )
+    if isinstance(error, errors.FailedPrecondition) and error.violations:
+        status.details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=error.reason, subject=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
     if isinstance(error, errors.NotFound | errors.AlreadyExists):
         status.details.append(
             _pack(

@@ -33,7 +33,7 @@ from servicekit.logs import configure_logging
 from servicekit.metrics import serve_metrics
 from servicekit.redisconn import connect_redis
 from servicekit.rpc import ServerInterceptor
-from servicekit.settings import Settings, load_settings
+from servicekit.settings import ExtraSetting, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ class Resources:
     redis: aioredis.Redis
     verifier: TokenVerifier | None
     shutdown_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
+    stopping_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
+
+    def on_stopping(self, hook: ShutdownHook) -> None:
+        """Runs ``hook`` once health is NOT_SERVING, before in-flight RPCs are waited for
+        (e.g. to end long-lived streams so clients move to another replica)."""
+        self.stopping_hooks.append(hook)
 
     def on_shutdown(self, hook: ShutdownHook) -> None:
         """Runs ``hook`` after the server has stopped serving (last added runs first)."""
@@ -76,7 +82,7 @@ class ServiceSpec:
     service_names: tuple[str, ...]
     register: Callable[[grpc.aio.Server, Resources], Awaitable[None]]
     public_methods: frozenset[str] = frozenset()
-    extra_settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extra_settings: Mapping[str, ExtraSetting] = dataclasses.field(default_factory=dict)
 
 
 def build_verifier(settings: Settings) -> TokenVerifier | None:
@@ -119,6 +125,11 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         if settings.shutdown_drain_seconds:
             await asyncio.sleep(settings.shutdown_drain_seconds)
+        for hook in self.resources.stopping_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("stopping hook failed")
         await self.server.stop(settings.shutdown_grace_seconds)
         for hook in reversed(self.resources.shutdown_hooks):
             try:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from servicekit.errors import SettingsError
@@ -40,7 +41,22 @@ class Settings:
     jwks_url: str | None
     jwt_issuer: str
     jwt_audience: str
-    extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Service-specific settings, validated: name → int, float or str.
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraSetting:
+    """A service-specific setting: its default, meaning and accepted range.
+
+    ``kind`` is ``int``, ``seconds`` (a non-negative number) or ``str``.
+    """
+
+    default: str
+    description: str
+    kind: str = "str"
+    lo: float = 0
+    hi: float = 10**9
 
 
 # (variable, default, description) for the settings every server shares. The README's
@@ -192,7 +208,7 @@ def load_settings(
     service: str,
     env: Mapping[str, str] | None = None,
     *,
-    extra: Mapping[str, str] | None = None,
+    extra: Mapping[str, ExtraSetting] | None = None,
 ) -> Settings:
     """Reads the settings of ``service`` ("tenant", "config" or "provisioner").
 
@@ -201,7 +217,7 @@ def load_settings(
             prefix of service-scoped variables (``CONFIG_GRPC_PORT`` wins over
             ``GRPC_PORT``), so one environment can describe the whole suite.
         env: the environment to read; ``os.environ`` when omitted.
-        extra: service-specific variables to pass through unvalidated, name → default.
+        extra: service-specific variables, validated like the common ones.
 
     Raises:
         SettingsError: a value is malformed or out of range; the message is one line
@@ -253,5 +269,16 @@ def load_settings(
         jwks_url=jwks_url,
         jwt_issuer=read.string("JWT_ISSUER", "agentready"),
         jwt_audience=read.string("JWT_AUDIENCE", "agentready"),
-        extra={name: read.string(name, default) for name, default in (extra or {}).items()},
+        extra={name: _read_extra(read, name, spec) for name, spec in (extra or {}).items()},
     )
+
+
+def _read_extra(read: _Reader, name: str, spec: ExtraSetting) -> Any:
+    if spec.kind == "int":
+        return read.integer(name, int(spec.default), lo=int(spec.lo), hi=int(spec.hi))
+    if spec.kind == "seconds":
+        value = read.seconds(name, float(spec.default), hi=spec.hi)
+        if value < spec.lo:
+            raise SettingsError(f"{name}={value:g}: below the minimum {spec.lo:g}")
+        return value
+    return read.string(name, spec.default)

@@ -1,13 +1,363 @@
-"""The ConfigService servicer.
-
-RPCs not built yet are inherited from the generated base class; the shared call path
-(:mod:`servicekit.rpc`) answers them with ``UNIMPLEMENTED`` and names the method.
-"""
+"""The ConfigService servicer: checks the caller and the request, calls the use cases,
+answers in protobuf. Domain errors become ``google.rpc.Status`` in the shared call path."""
 
 from __future__ import annotations
 
-from agentready.config.v1 import config_service_pb2_grpc
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agentready.config.v1 import config_pb2, config_service_pb2_grpc
+from google.protobuf import empty_pb2, message
+
+from config_service.adapters.postgres import ConfigStore
+from config_service.domain.model import Mutation
+from config_service.domain.values import check_name, check_organization, check_reason, check_value
+from config_service.entrypoints import convert
+from config_service.service_layer import watch as watch_use_case
+from config_service.service_layer.hub import Hub
+from config_service.service_layer.reads import ConfigReader
+from config_service.service_layer.writes import ConfigWriter, RequestKey
+from servicekit.errors import FieldViolation, InvalidArgument
+from servicekit.pagination import decode_token, encode_token, page_size
+from servicekit.rpc import current_principal
+
+READ, WRITE = "config:read", "config:write"
+MAX_BATCH = 100
+DEFAULT_PROGRESS_SECONDS = 5.0
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field}: {v.description}" for v in violations), violations=violations
+        )
+
+
+def _authorize(organization: str, scope: str) -> str:
+    """The caller's subject, after checking it acts in ``organization`` with ``scope``."""
+    principal = current_principal()
+    principal.require(organization, scope)
+    return principal.subject
+
+
+def _request_key(method: str, request: Any) -> RequestKey | None:
+    """The idempotency key of a write (AIP-155), or None without a request id."""
+    request_id: str = request.request_id
+    if not request_id:
+        return None
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        raise InvalidArgument.field("request_id", "must be a UUID") from None
+    body: message.Message = type(request)()
+    body.CopyFrom(request)
+    body.ClearField("request_id")
+    digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+    return RequestKey(request_id, method, digest)
+
+
+def _expected(request: Any) -> int | None:
+    if not request.HasField("expected_revision"):
+        return None
+    if request.expected_revision < 0:
+        raise InvalidArgument.field("expected_revision", "must not be negative")
+    return int(request.expected_revision)
 
 
 class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     """ConfigService over gRPC."""
+
+    def __init__(self, store: ConfigStore, writer: ConfigWriter, hub: Hub) -> None:
+        self._store = store
+        self._writer = writer
+        self._reader = ConfigReader(store)
+        self._hub = hub
+        self._messages = convert.WatchMessages()
+
+    async def SetConfig(
+        self, request: config_pb2.SetConfigRequest, context: Any
+    ) -> config_pb2.ConfigEntry:
+        actor = _authorize(request.organization, WRITE)
+        value = convert.value_from_proto(request.value) if request.HasField("value") else None
+        _raise_if(
+            check_organization(request.organization)
+            + check_name(request.service, "service")
+            + check_name(request.key, "key")
+            + check_value(value)
+            + check_reason(request.reason)
+        )
+        mutation = Mutation(
+            request.service,
+            request.key,
+            value,
+            expected_revision=_expected(request),
+            etag=request.etag,
+        )
+        commit = await self._writer.apply(
+            request.organization,
+            [mutation],
+            actor=actor,
+            reason=request.reason,
+            request=_request_key("SetConfig", request),
+        )
+        (entry,) = commit.entries
+        return convert.entry_to_proto(request.organization, entry)
+
+    async def BatchSetConfig(
+        self, request: config_pb2.BatchSetConfigRequest, context: Any
+    ) -> config_pb2.BatchSetConfigResponse:
+        actor = _authorize(request.organization, WRITE)
+        violations = check_organization(request.organization) + check_reason(request.reason)
+        if not 1 <= len(request.mutations) <= MAX_BATCH:
+            violations.append(FieldViolation("mutations", f"give 1 to {MAX_BATCH} mutations"))
+        mutations: list[Mutation] = []
+        for i, proto in enumerate(request.mutations):
+            at = f"mutations[{i}]."
+            violations += check_name(proto.service, f"{at}service")
+            violations += check_name(proto.key, f"{at}key")
+            op = proto.WhichOneof("op")
+            value = None
+            if op is None:
+                violations.append(FieldViolation(f"{at}op", "set set_value or delete"))
+            elif op == "set_value":
+                value = convert.value_from_proto(proto.set_value)
+                violations += check_value(value, f"{at}set_value")
+            expected = None
+            if proto.HasField("expected_revision"):
+                expected = int(proto.expected_revision)
+                if expected < 0:
+                    violations.append(FieldViolation(f"{at}expected_revision", "negative"))
+            mutations.append(
+                Mutation(proto.service, proto.key, value, expected_revision=expected, field=at)
+            )
+        _raise_if(violations)
+        commit = await self._writer.apply(
+            request.organization,
+            mutations,
+            actor=actor,
+            reason=request.reason,
+            request=_request_key("BatchSetConfig", request),
+        )
+        return config_pb2.BatchSetConfigResponse(
+            revision=commit.revision,
+            changes=[convert.change_to_proto(request.organization, c) for c in commit.changes],
+        )
+
+    async def GetConfig(
+        self, request: config_pb2.GetConfigRequest, context: Any
+    ) -> config_pb2.ConfigEntry:
+        _authorize(request.organization, READ)
+        _raise_if(
+            check_organization(request.organization)
+            + check_name(request.service, "service")
+            + check_name(request.key, "key")
+        )
+        entry = await self._reader.get(request.organization, request.service, request.key)
+        return convert.entry_to_proto(request.organization, entry)
+
+    async def ListConfigs(
+        self, request: config_pb2.ListConfigsRequest, context: Any
+    ) -> config_pb2.ListConfigsResponse:
+        _authorize(request.organization, READ)
+        violations = check_organization(request.organization)
+        if request.service:
+            violations += check_name(request.service, "service")
+        _raise_if(violations)
+        limit = page_size(request.page_size)
+        binding = [request.organization, request.service, request.page_size]
+        after = decode_token(request.page_token, request=binding)
+        entries, revision = await self._reader.entries(
+            request.organization,
+            service=request.service,
+            after=tuple(after) if after else None,
+            limit=limit + 1,
+        )
+        more = len(entries) > limit
+        entries = entries[:limit]
+        return config_pb2.ListConfigsResponse(
+            configs=[convert.entry_to_proto(request.organization, e) for e in entries],
+            next_page_token=encode_token([entries[-1].service, entries[-1].key], request=binding)
+            if more
+            else "",
+            revision=revision,
+        )
+
+    async def DeleteConfig(
+        self, request: config_pb2.DeleteConfigRequest, context: Any
+    ) -> empty_pb2.Empty:
+        actor = _authorize(request.organization, WRITE)
+        _raise_if(
+            check_organization(request.organization)
+            + check_name(request.service, "service")
+            + check_name(request.key, "key")
+            + check_reason(request.reason)
+        )
+        mutation = Mutation(
+            request.service,
+            request.key,
+            None,
+            expected_revision=_expected(request),
+            etag=request.etag,
+        )
+        await self._writer.apply(
+            request.organization,
+            [mutation],
+            actor=actor,
+            reason=request.reason,
+            request=_request_key("DeleteConfig", request),
+        )
+        return empty_pb2.Empty()
+
+    async def ListConfigHistory(
+        self, request: config_pb2.ListConfigHistoryRequest, context: Any
+    ) -> config_pb2.ListConfigHistoryResponse:
+        _authorize(request.organization, READ)
+        violations = check_organization(request.organization)
+        if request.service:
+            violations += check_name(request.service, "service")
+        if request.key:
+            violations += check_name(request.key, "key")
+        if request.start_revision < 0:
+            violations.append(FieldViolation("start_revision", "must not be negative"))
+        if request.end_revision < 0:
+            violations.append(FieldViolation("end_revision", "must not be negative"))
+        if request.end_revision and request.end_revision < request.start_revision:
+            violations.append(FieldViolation("end_revision", "must be >= start_revision"))
+        _raise_if(violations)
+        limit = page_size(request.page_size)
+        binding = [
+            request.organization,
+            request.service,
+            request.key,
+            request.start_revision,
+            request.end_revision,
+            request.page_size,
+        ]
+        after = decode_token(request.page_token, request=binding) or [0, -1]
+        changes = await self._reader.history(
+            request.organization,
+            service=request.service,
+            key=request.key,
+            start_revision=request.start_revision,
+            end_revision=request.end_revision,
+            after=(int(after[0]), int(after[1])),
+            limit=limit + 1,
+        )
+        more = len(changes) > limit
+        changes = changes[:limit]
+        return config_pb2.ListConfigHistoryResponse(
+            history_entries=[convert.history_to_proto(request.organization, c) for c in changes],
+            next_page_token=encode_token([changes[-1].revision, changes[-1].seq], request=binding)
+            if more
+            else "",
+        )
+
+    async def RollbackConfig(
+        self, request: config_pb2.RollbackConfigRequest, context: Any
+    ) -> config_pb2.RollbackConfigResponse:
+        actor = _authorize(request.organization, WRITE)
+        violations = check_organization(request.organization) + check_reason(request.reason)
+        if request.revision < 0:
+            violations.append(FieldViolation("revision", "must not be negative"))
+        if request.service:
+            violations += check_name(request.service, "service")
+        if request.key:
+            violations += check_name(request.key, "key")
+            if not request.service:
+                violations.append(FieldViolation("service", "required when key is given"))
+        _raise_if(violations)
+        commit = await self._writer.rollback(
+            request.organization,
+            request.revision,
+            service=request.service,
+            key=request.key,
+            actor=actor,
+            reason=request.reason,
+            request=_request_key("RollbackConfig", request),
+        )
+        return config_pb2.RollbackConfigResponse(
+            revision=commit.revision,
+            changes=[convert.change_to_proto(request.organization, c) for c in commit.changes],
+        )
+
+    async def SetConfigSchema(
+        self, request: config_pb2.SetConfigSchemaRequest, context: Any
+    ) -> config_pb2.ConfigSchema:
+        schema = request.schema
+        _authorize(schema.organization, WRITE)
+        violations = check_organization(schema.organization, "schema.organization")
+        violations += check_name(schema.service, "schema.service")
+        for i, key in enumerate(schema.keys):
+            if key.type == config_pb2.VALUE_TYPE_UNSPECIFIED:
+                violations.append(FieldViolation(f"schema.keys[{i}].type", "required"))
+        _raise_if(violations)
+        stored = await self._writer.set_schema(
+            schema.organization,
+            schema.service,
+            convert.schema_from_proto(schema),
+            expected_etag=schema.etag,
+        )
+        return convert.schema_to_proto(schema.organization, stored)
+
+    async def GetConfigSchema(
+        self, request: config_pb2.GetConfigSchemaRequest, context: Any
+    ) -> config_pb2.ConfigSchema:
+        _authorize(request.organization, READ)
+        _raise_if(check_organization(request.organization) + check_name(request.service, "service"))
+        stored = await self._reader.schema(request.organization, request.service)
+        return convert.schema_to_proto(request.organization, stored)
+
+    async def ListConfigSchemas(
+        self, request: config_pb2.ListConfigSchemasRequest, context: Any
+    ) -> config_pb2.ListConfigSchemasResponse:
+        _authorize(request.organization, READ)
+        _raise_if(check_organization(request.organization))
+        limit = page_size(request.page_size)
+        binding = [request.organization, request.page_size]
+        after = decode_token(request.page_token, request=binding) or ""
+        schemas = await self._reader.schemas(
+            request.organization, after=str(after), limit=limit + 1
+        )
+        more = len(schemas) > limit
+        schemas = schemas[:limit]
+        return config_pb2.ListConfigSchemasResponse(
+            schemas=[convert.schema_to_proto(request.organization, s) for s in schemas],
+            next_page_token=encode_token(schemas[-1].service, request=binding) if more else "",
+        )
+
+    async def DeleteConfigSchema(
+        self, request: config_pb2.DeleteConfigSchemaRequest, context: Any
+    ) -> empty_pb2.Empty:
+        _authorize(request.organization, WRITE)
+        _raise_if(check_organization(request.organization) + check_name(request.service, "service"))
+        await self._writer.delete_schema(
+            request.organization, request.service, expected_etag=request.etag
+        )
+        return empty_pb2.Empty()
+
+    async def WatchConfig(
+        self, request: config_pb2.WatchConfigRequest, context: Any
+    ) -> AsyncIterator[config_pb2.WatchConfigResponse]:
+        _authorize(request.organization, READ)
+        violations = check_organization(request.organization)
+        for i, service in enumerate(request.services):
+            violations += check_name(service, f"services[{i}]")
+        if request.start_revision < 0:
+            violations.append(FieldViolation("start_revision", "must not be negative"))
+        _raise_if(violations)
+        interval = DEFAULT_PROGRESS_SECONDS
+        if request.HasField("progress_interval"):
+            interval = min(max(request.progress_interval.ToTimedelta().total_seconds(), 1.0), 60.0)
+        stream = watch_use_case.watch(
+            self._hub,
+            self._store,
+            self._messages,
+            organization=request.organization,
+            services=frozenset(request.services) or None,
+            start_revision=request.start_revision,
+            progress_interval=interval,
+        )
+        async for response in stream:
+            yield response

@@ -150,16 +150,16 @@ async def test_public_methods_need_no_token(servers: dict[str, RunningServer]) -
 async def test_rpcs_not_built_yet_answer_unimplemented(
     servers: dict[str, RunningServer], keys: Keys
 ) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['config'].port}") as channel:
-        stub = config_service_pb2_grpc.ConfigServiceStub(channel)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['tenant'].port}") as channel:
+        stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetConfig(
-                get_config_request(),
+            await stub.GetOrganization(
+                tenant_pb2.GetOrganizationRequest(organization="acme"),
                 metadata=(("authorization", f"Bearer {keys.token()}"),),
                 timeout=5,
             )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert info.value.details() == "GetConfig is not implemented yet"
+    assert info.value.details() == "GetOrganization is not implemented yet"
     assert error_info(info.value).reason == "NOT_IMPLEMENTED"
 
 

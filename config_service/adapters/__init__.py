@@ -1,0 +1,1 @@
+"""ConfigService adapters: PostgreSQL (the truth) and Redis (notifications)."""

@@ -1,0 +1,439 @@
+"""ConfigService's queries. Every function takes a connection that is already inside
+an organization transaction (:meth:`ConfigStore.transaction`), except the few that
+work across organizations and say so."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from config_service.domain.model import Change, Entry
+from config_service.domain.schema import ServiceSchema, StoredSchema
+from config_service.domain.values import ConfigValue
+from servicekit.db import organization_transaction
+
+# The role organization-scoped work runs as: row-level security applies to it.
+TENANT_ROLE = "agentready_config"
+
+
+class ConfigStore:
+    """Entry point to the ``config`` schema."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, organization: str, *, snapshot: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that sees ``organization`` only.
+
+        Args:
+            snapshot: a read-only REPEATABLE READ transaction, so several queries see
+                one consistent state (a WatchConfig snapshot).
+        """
+        async with organization_transaction(
+            self.pool,
+            organization,
+            role=TENANT_ROLE,
+            isolation="repeatable_read" if snapshot else "read_committed",
+            readonly=snapshot,
+        ) as conn:
+            yield conn
+
+    async def revisions(self, organizations: Sequence[str]) -> dict[str, int]:
+        """Current revision of each organization (across organizations: the poller)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT organization, revision FROM config.organizations "
+                "WHERE organization = ANY($1::text[])",
+                list(organizations),
+            )
+        return {row["organization"]: row["revision"] for row in rows}
+
+    async def known_organizations(self) -> list[str]:
+        """Every organization with configuration (across organizations: compaction)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT organization FROM config.organizations")
+        return [row["organization"] for row in rows]
+
+
+async def lock_organization(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
+    """Locks the organization's revision row until commit; creates it on first use.
+
+    Returns:
+        (current revision, compacted-through revision).
+    """
+    row = await conn.fetchrow(
+        "SELECT revision, compact_revision FROM config.organizations "
+        "WHERE organization = $1 FOR UPDATE",
+        organization,
+    )
+    if row is None:
+        await conn.execute(
+            "INSERT INTO config.organizations (organization) VALUES ($1) "
+            "ON CONFLICT (organization) DO NOTHING",
+            organization,
+        )
+        row = await conn.fetchrow(
+            "SELECT revision, compact_revision FROM config.organizations "
+            "WHERE organization = $1 FOR UPDATE",
+            organization,
+        )
+    assert row is not None
+    return int(row["revision"]), int(row["compact_revision"])
+
+
+async def read_revision(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
+    """(current revision, compacted-through revision), without locking; (0, 0) if new."""
+    row = await conn.fetchrow(
+        "SELECT revision, compact_revision FROM config.organizations WHERE organization = $1",
+        organization,
+    )
+    return (int(row["revision"]), int(row["compact_revision"])) if row else (0, 0)
+
+
+async def find_request(
+    conn: asyncpg.Connection, organization: str, request_id: str
+) -> tuple[str, str, dict[str, Any]] | None:
+    """(method, fingerprint, stored result) of an earlier request with this id."""
+    row = await conn.fetchrow(
+        "SELECT method, fingerprint, response FROM config.requests "
+        "WHERE organization = $1 AND request_id = $2",
+        organization,
+        request_id,
+    )
+    if row is None:
+        return None
+    return row["method"], row["fingerprint"], row["response"]
+
+
+async def save_request(
+    conn: asyncpg.Connection,
+    organization: str,
+    request_id: str,
+    method: str,
+    fingerprint: str,
+    result: dict[str, Any],
+) -> None:
+    """Records the result of a request id, in the transaction that produced it."""
+    await conn.execute(
+        "INSERT INTO config.requests (organization, request_id, method, fingerprint, response) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        organization,
+        request_id,
+        method,
+        fingerprint,
+        result,
+    )
+
+
+def _entry(row: asyncpg.Record) -> Entry:
+    return Entry(
+        service=row["service"],
+        key=row["key"],
+        value=ConfigValue.from_json(row["value"]),
+        revision=int(row["revision"]),
+        updated_at=row["updated_at"],
+        updated_by=row["updated_by"],
+    )
+
+
+async def load_entries(
+    conn: asyncpg.Connection, organization: str, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Entry]:
+    """The current entries of the given (service, key) pairs that are set."""
+    services, names = zip(*keys, strict=True) if keys else ((), ())
+    rows = await conn.fetch(
+        "SELECT e.service, e.key, e.value, e.revision, e.updated_at, e.updated_by "
+        "FROM config.entries e "
+        "JOIN unnest($2::text[], $3::text[]) AS k(service, key) "
+        "  ON e.service = k.service AND e.key = k.key "
+        "WHERE e.organization = $1",
+        organization,
+        list(services),
+        list(names),
+    )
+    return {(row["service"], row["key"]): _entry(row) for row in rows}
+
+
+async def get_entry(
+    conn: asyncpg.Connection, organization: str, service: str, key: str
+) -> Entry | None:
+    """One entry, if set."""
+    row = await conn.fetchrow(
+        "SELECT service, key, value, revision, updated_at, updated_by FROM config.entries "
+        "WHERE organization = $1 AND service = $2 AND key = $3",
+        organization,
+        service,
+        key,
+    )
+    return _entry(row) if row else None
+
+
+async def list_entries(
+    conn: asyncpg.Connection,
+    organization: str,
+    *,
+    services: Sequence[str] = (),
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
+) -> list[Entry]:
+    """Entries ordered by (service, key), optionally of some services, after a key."""
+    after_service, after_key = after or ("", "")
+    rows = await conn.fetch(
+        "SELECT service, key, value, revision, updated_at, updated_by FROM config.entries "
+        "WHERE organization = $1 "
+        "  AND (cardinality($2::text[]) = 0 OR service = ANY($2::text[])) "
+        "  AND (service, key) > ($3, $4) "
+        "ORDER BY service, key LIMIT $5",
+        organization,
+        list(services),
+        after_service,
+        after_key,
+        limit,
+    )
+    return [_entry(row) for row in rows]
+
+
+async def load_schemas(
+    conn: asyncpg.Connection, organization: str, services: Iterable[str]
+) -> dict[str, ServiceSchema]:
+    """The schemas of the given services that have one."""
+    rows = await conn.fetch(
+        "SELECT service, schema FROM config.schemas "
+        "WHERE organization = $1 AND service = ANY($2::text[])",
+        organization,
+        list(set(services)),
+    )
+    return {row["service"]: ServiceSchema.from_json(row["schema"]) for row in rows}
+
+
+async def write_commit(
+    conn: asyncpg.Connection,
+    organization: str,
+    revision: int,
+    changes: Sequence[Change],
+    now: dt.datetime,
+) -> None:
+    """Writes one revision in one statement: the revision bump, the values and history."""
+    sets = [c for c in changes if c.new_value is not None]
+    deletes = [c for c in changes if c.new_value is None]
+    await conn.execute(
+        """
+        WITH bump AS (
+            UPDATE config.organizations SET revision = $2, updated_at = $3
+            WHERE organization = $1
+        ), upserted AS (
+            INSERT INTO config.entries
+                (organization, service, key, value, revision, updated_at, updated_by)
+            SELECT $1, s.service, s.key, s.value, $2, $3, s.actor
+            FROM unnest($4::text[], $5::text[], $6::jsonb[], $7::text[])
+                AS s(service, key, value, actor)
+            ON CONFLICT (organization, service, key) DO UPDATE
+                SET value = EXCLUDED.value, revision = EXCLUDED.revision,
+                    updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by
+        ), deleted AS (
+            DELETE FROM config.entries e
+            USING unnest($8::text[], $9::text[]) AS d(service, key)
+            WHERE e.organization = $1 AND e.service = d.service AND e.key = d.key
+        )
+        INSERT INTO config.history
+            (organization, revision, seq, service, key, change_type, old_value, new_value,
+             actor, reason, request_id, created_at)
+        SELECT $1, $2, h.seq, h.service, h.key, h.change_type, h.old_value, h.new_value,
+               h.actor, h.reason, h.request_id, $3
+        FROM unnest($10::int[], $11::text[], $12::text[], $13::text[], $14::jsonb[],
+                    $15::jsonb[], $16::text[], $17::text[], $18::text[])
+            AS h(seq, service, key, change_type, old_value, new_value, actor, reason,
+                 request_id)
+        """,
+        organization,
+        revision,
+        now,
+        [c.service for c in sets],
+        [c.key for c in sets],
+        [c.new_value.to_json() for c in sets if c.new_value is not None],
+        [c.actor for c in sets],
+        [c.service for c in deletes],
+        [c.key for c in deletes],
+        [c.seq for c in changes],
+        [c.service for c in changes],
+        [c.key for c in changes],
+        [c.kind for c in changes],
+        [c.old_value.to_json() if c.old_value else None for c in changes],
+        [c.new_value.to_json() if c.new_value else None for c in changes],
+        [c.actor for c in changes],
+        [c.reason for c in changes],
+        [c.request_id for c in changes],
+    )
+
+
+def _stored_schema(row: asyncpg.Record) -> StoredSchema:
+    return StoredSchema(
+        service=row["service"],
+        schema=ServiceSchema.from_json(row["schema"]),
+        version=int(row["version"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def load_schema(
+    conn: asyncpg.Connection, organization: str, service: str, *, lock: bool = False
+) -> StoredSchema | None:
+    """One service's schema, locked until commit when ``lock``."""
+    row = await conn.fetchrow(
+        "SELECT service, schema, version, created_at, updated_at FROM config.schemas "  # noqa: S608 - constant text
+        "WHERE organization = $1 AND service = $2" + (" FOR UPDATE" if lock else ""),
+        organization,
+        service,
+    )
+    return _stored_schema(row) if row else None
+
+
+async def list_schemas(
+    conn: asyncpg.Connection, organization: str, *, after: str, limit: int
+) -> list[StoredSchema]:
+    """Schemas ordered by service, after the service ``after``."""
+    rows = await conn.fetch(
+        "SELECT service, schema, version, created_at, updated_at FROM config.schemas "
+        "WHERE organization = $1 AND service > $2 ORDER BY service LIMIT $3",
+        organization,
+        after,
+        limit,
+    )
+    return [_stored_schema(row) for row in rows]
+
+
+async def upsert_schema(
+    conn: asyncpg.Connection, organization: str, service: str, schema: ServiceSchema
+) -> StoredSchema:
+    """Registers or replaces a schema, bumping its version."""
+    row = await conn.fetchrow(
+        "INSERT INTO config.schemas (organization, service, schema) VALUES ($1, $2, $3) "
+        "ON CONFLICT (organization, service) DO UPDATE SET schema = EXCLUDED.schema, "
+        "  version = config.schemas.version + 1, updated_at = now() "
+        "RETURNING service, schema, version, created_at, updated_at",
+        organization,
+        service,
+        schema.to_json(),
+    )
+    assert row is not None
+    return _stored_schema(row)
+
+
+async def delete_schema(conn: asyncpg.Connection, organization: str, service: str) -> None:
+    """Removes a schema."""
+    await conn.execute(
+        "DELETE FROM config.schemas WHERE organization = $1 AND service = $2",
+        organization,
+        service,
+    )
+
+
+def _change(row: asyncpg.Record) -> Change:
+    return Change(
+        revision=int(row["revision"]),
+        seq=int(row["seq"]),
+        service=row["service"],
+        key=row["key"],
+        kind=row["change_type"],
+        old_value=ConfigValue.from_json(row["old_value"]) if row["old_value"] else None,
+        new_value=ConfigValue.from_json(row["new_value"]) if row["new_value"] else None,
+        actor=row["actor"],
+        reason=row["reason"],
+        request_id=row["request_id"],
+        created_at=row["created_at"],
+    )
+
+
+_HISTORY_COLUMNS = (
+    "revision, seq, service, key, change_type, old_value, new_value, actor, reason, "
+    "request_id, created_at"
+)
+
+
+async def changes_between(
+    conn: asyncpg.Connection, organization: str, after: int, upto: int
+) -> list[Change]:
+    """Every change of revisions ``after`` < r <= ``upto``, in commit order."""
+    rows = await conn.fetch(
+        f"SELECT {_HISTORY_COLUMNS} FROM config.history "  # noqa: S608 - constant columns
+        "WHERE organization = $1 AND revision > $2 AND revision <= $3 "
+        "ORDER BY revision, seq",
+        organization,
+        after,
+        upto,
+    )
+    return [_change(row) for row in rows]
+
+
+async def list_history(
+    conn: asyncpg.Connection,
+    organization: str,
+    *,
+    service: str,
+    key: str,
+    start_revision: int,
+    end_revision: int,
+    after: tuple[int, int],
+    limit: int,
+) -> list[Change]:
+    """History oldest first, filtered, after the (revision, seq) position ``after``."""
+    rows = await conn.fetch(
+        f"SELECT {_HISTORY_COLUMNS} FROM config.history "  # noqa: S608 - constant columns
+        "WHERE organization = $1 "
+        "  AND ($2 = '' OR service = $2) AND ($3 = '' OR key = $3) "
+        "  AND revision >= $4 AND ($5 = 0 OR revision <= $5) "
+        "  AND (revision, seq) > ($6, $7) "
+        "ORDER BY revision, seq LIMIT $8",
+        organization,
+        service,
+        key,
+        start_revision,
+        end_revision,
+        after[0],
+        after[1],
+        limit,
+    )
+    return [_change(row) for row in rows]
+
+
+async def first_changes_after(
+    conn: asyncpg.Connection, organization: str, revision: int, service: str, key: str
+) -> list[Change]:
+    """For each key (optionally of one service or one key), its first change after
+    ``revision``: its ``old_value`` is the key's value at ``revision``."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT ON (service, key) {_HISTORY_COLUMNS} "  # noqa: S608
+        "FROM config.history "
+        "WHERE organization = $1 AND revision > $2 "
+        "  AND ($3 = '' OR service = $3) AND ($4 = '' OR key = $4) "
+        "ORDER BY service, key, revision, seq",
+        organization,
+        revision,
+        service,
+        key,
+    )
+    return [_change(row) for row in rows]
+
+
+async def compact(conn: asyncpg.Connection, organization: str, through: int) -> int:
+    """Drops history at or below ``through``; returns the rows removed."""
+    await conn.execute(
+        "UPDATE config.organizations SET compact_revision = GREATEST(compact_revision, $2) "
+        "WHERE organization = $1",
+        organization,
+        through,
+    )
+    result = await conn.execute(
+        "DELETE FROM config.history WHERE organization = $1 AND revision <= $2",
+        organization,
+        through,
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,1 @@
+"""ConfigService domain: values, schemas, changes. No gRPC, no SQL."""

@@ -1,0 +1,205 @@
+"""Config schemas: what each key of a service may hold, and its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from config_service.domain.values import ConfigValue, ValueType, check_name, check_value
+from servicekit.errors import FieldViolation
+
+MAX_KEYS = 1000
+MAX_DESCRIPTION_CHARS = 1000
+# Python's `re` accepts more than RE2; refuse what RE2 (used by other clients) refuses.
+_NOT_RE2 = re.compile(r"\\[1-9]|\(\?[=!<]|\(\?P=")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySchema:
+    """Constraints on one key."""
+
+    key: str
+    type: ValueType
+    default: ConfigValue | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    allowed_values: tuple[str, ...] = ()
+    pattern: str = ""
+    description: str = ""
+
+    def check(self, value: ConfigValue, field: str) -> list[FieldViolation]:
+        """Violations of this key's constraints by ``value``."""
+        if value.type is not self.type:
+            return [
+                FieldViolation(
+                    field, f"the schema requires a {self.type.value} value, not {value.type.value}"
+                )
+            ]
+        violations: list[FieldViolation] = []
+        if self.type in (ValueType.INT, ValueType.DOUBLE):
+            measure, what = float(value.data), "value"
+        elif self.type is ValueType.STRING:
+            measure, what = float(len(value.data)), "length"
+        else:
+            measure, what = None, ""
+        if measure is not None:
+            if self.minimum is not None and measure < self.minimum:
+                violations.append(
+                    FieldViolation(field, f"{what} is below the minimum {self.minimum:g}")
+                )
+            if self.maximum is not None and measure > self.maximum:
+                violations.append(
+                    FieldViolation(field, f"{what} is above the maximum {self.maximum:g}")
+                )
+        if self.allowed_values and value.data not in self.allowed_values:
+            violations.append(
+                FieldViolation(field, f"must be one of {', '.join(self.allowed_values)}")
+            )
+        if self.pattern and re.fullmatch(self.pattern, value.data) is None:
+            violations.append(FieldViolation(field, f"must match the pattern {self.pattern!r}"))
+        return violations
+
+    def to_json(self) -> dict[str, Any]:
+        """Storage form."""
+        return {
+            "key": self.key,
+            "type": self.type.value,
+            "default": self.default.to_json() if self.default is not None else None,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "allowed_values": list(self.allowed_values),
+            "pattern": self.pattern,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KeySchema:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            key=data["key"],
+            type=ValueType(data["type"]),
+            default=ConfigValue.from_json(data["default"]) if data.get("default") else None,
+            minimum=data.get("minimum"),
+            maximum=data.get("maximum"),
+            allowed_values=tuple(data.get("allowed_values", ())),
+            pattern=data.get("pattern", ""),
+            description=data.get("description", ""),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSchema:
+    """The schema of one service's keys."""
+
+    keys: tuple[KeySchema, ...]
+    strict: bool = False
+
+    def key(self, name: str) -> KeySchema | None:
+        """The schema of key ``name``, if listed."""
+        for key in self.keys:
+            if key.key == name:
+                return key
+        return None
+
+    def check(
+        self, key: str, value: ConfigValue, field: str, key_field: str
+    ) -> list[FieldViolation]:
+        """Violations of the schema by setting ``key`` to ``value``."""
+        schema = self.key(key)
+        if schema is None:
+            if self.strict:
+                return [FieldViolation(key_field, "not a key of the service's strict schema")]
+            return []
+        return schema.check(value, field)
+
+    def defaults(self) -> dict[str, ConfigValue]:
+        """The default of every key that has one."""
+        return {k.key: k.default for k in self.keys if k.default is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        """Storage form."""
+        return {"strict": self.strict, "keys": [k.to_json() for k in self.keys]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServiceSchema:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            keys=tuple(KeySchema.from_json(k) for k in data.get("keys", ())),
+            strict=bool(data.get("strict", False)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSchema:
+    """A service's schema with its bookkeeping."""
+
+    service: str
+    schema: ServiceSchema
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def etag(self) -> str:
+        """Opaque version of the schema (AIP-154)."""
+        return f'"{self.version}"'
+
+
+def check_schema(schema: ServiceSchema, field: str = "schema") -> list[FieldViolation]:
+    """Checks that a schema is consistent: unique keys, sound bounds, valid defaults."""
+    violations: list[FieldViolation] = []
+    if len(schema.keys) > MAX_KEYS:
+        return [FieldViolation(f"{field}.keys", f"at most {MAX_KEYS} keys")]
+    seen: set[str] = set()
+    for i, key in enumerate(schema.keys):
+        at = f"{field}.keys[{i}]"
+        violations += check_name(key.key, f"{at}.key")
+        if key.key in seen:
+            violations.append(FieldViolation(f"{at}.key", "duplicate key"))
+        seen.add(key.key)
+        numeric_or_string = key.type in (ValueType.INT, ValueType.DOUBLE, ValueType.STRING)
+        for bound in ("minimum", "maximum"):
+            if getattr(key, bound) is not None and not numeric_or_string:
+                violations.append(
+                    FieldViolation(f"{at}.{bound}", "only INT, DOUBLE and STRING keys have bounds")
+                )
+        if key.minimum is not None and key.maximum is not None and key.maximum < key.minimum:
+            violations.append(FieldViolation(f"{at}.maximum", "must be >= minimum"))
+        if key.allowed_values and key.type is not ValueType.STRING:
+            violations.append(FieldViolation(f"{at}.allowed_values", "only STRING keys"))
+        if key.pattern:
+            if key.type is not ValueType.STRING:
+                violations.append(FieldViolation(f"{at}.pattern", "only STRING keys"))
+            elif _NOT_RE2.search(key.pattern):
+                violations.append(
+                    FieldViolation(f"{at}.pattern", "backreferences and lookaround are not RE2")
+                )
+            else:
+                try:
+                    re.compile(key.pattern)
+                except re.error as exc:
+                    violations.append(FieldViolation(f"{at}.pattern", f"invalid: {exc}"))
+        if len(key.description) > MAX_DESCRIPTION_CHARS:
+            violations.append(
+                FieldViolation(f"{at}.description", f"at most {MAX_DESCRIPTION_CHARS} characters")
+            )
+        if key.default is not None and not violations:
+            problems = check_value(key.default, f"{at}.default_value") or key.check(
+                key.default, f"{at}.default_value"
+            )
+            violations += problems
+    return violations
+
+
+def violations_of_existing(
+    schema: ServiceSchema, values: Iterable[tuple[str, ConfigValue]]
+) -> list[FieldViolation]:
+    """Keys already set that a new schema would reject: field = the key."""
+    problems: list[FieldViolation] = []
+    for key, value in values:
+        for v in schema.check(key, value, key, key):
+            problems.append(FieldViolation(key, v.description))
+    return problems

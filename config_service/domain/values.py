@@ -1,0 +1,200 @@
+"""Typed configuration values, names, and the checks every write goes through."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from servicekit.errors import FieldViolation
+
+ORGANIZATION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+MAX_VALUE_BYTES = 64 * 1024
+MAX_REASON_CHARS = 500
+MAX_LIST_ITEMS = 1000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class ValueType(enum.Enum):
+    """The type of a configuration value."""
+
+    STRING = "string"
+    INT = "int"
+    DOUBLE = "double"
+    BOOL = "bool"
+    JSON = "json"
+    FEATURE_FLAG = "feature_flag"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagVariant:
+    """One variant of a feature flag."""
+
+    name: str
+    weight: int
+    value: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureFlag:
+    """A feature flag: evaluated per subject by the SDK with a stable hash."""
+
+    enabled: bool
+    rollout_percent: float | None = None
+    allow_list: tuple[str, ...] = ()
+    deny_list: tuple[str, ...] = ()
+    variants: tuple[FlagVariant, ...] = ()
+    default_variant: str = ""
+    salt: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The flag as plain JSON."""
+        return {
+            "enabled": self.enabled,
+            "rollout_percent": self.rollout_percent,
+            "allow_list": list(self.allow_list),
+            "deny_list": list(self.deny_list),
+            "variants": [dataclasses.asdict(v) for v in self.variants],
+            "default_variant": self.default_variant,
+            "salt": self.salt,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FeatureFlag:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            enabled=bool(data["enabled"]),
+            rollout_percent=data.get("rollout_percent"),
+            allow_list=tuple(data.get("allow_list", ())),
+            deny_list=tuple(data.get("deny_list", ())),
+            variants=tuple(FlagVariant(**v) for v in data.get("variants", ())),
+            default_variant=data.get("default_variant", ""),
+            salt=data.get("salt", ""),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigValue:
+    """A typed value: ``data`` is str, int, float, bool, any JSON, or a FeatureFlag."""
+
+    type: ValueType
+    data: Any
+
+    def to_json(self) -> dict[str, Any]:
+        """Storage form: ``{"type": "int", "data": 5}``."""
+        data = self.data.to_json() if isinstance(self.data, FeatureFlag) else self.data
+        return {"type": self.type.value, "data": data}
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any]) -> ConfigValue:
+        """The inverse of :meth:`to_json`."""
+        kind = ValueType(stored["type"])
+        data = stored["data"]
+        if kind is ValueType.FEATURE_FLAG:
+            data = FeatureFlag.from_json(data)
+        elif kind is ValueType.DOUBLE:
+            data = float(data)
+        return cls(kind, data)
+
+    def encoded_size(self) -> int:
+        """Bytes of the stored form; bounded by :data:`MAX_VALUE_BYTES`."""
+        return len(json.dumps(self.to_json(), separators=(",", ":")).encode())
+
+
+def check_organization(organization: str, field: str = "organization") -> list[FieldViolation]:
+    """An organization slug: a DNS-1123 label of 3-40 characters."""
+    if not organization:
+        return [FieldViolation(field, "required")]
+    if not ORGANIZATION_RE.match(organization):
+        return [
+            FieldViolation(
+                field,
+                "must be an organization slug: 3-40 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit",
+            )
+        ]
+    return []
+
+
+def check_name(name: str, field: str) -> list[FieldViolation]:
+    """A service or key name: 1-63 of ``[a-z0-9._-]``, alphanumeric at both ends."""
+    if not name:
+        return [FieldViolation(field, "required")]
+    if not NAME_RE.match(name):
+        return [
+            FieldViolation(
+                field,
+                "must be 1-63 characters of lowercase letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit",
+            )
+        ]
+    return []
+
+
+def check_reason(reason: str, field: str = "reason") -> list[FieldViolation]:
+    """A change reason: at most 500 characters."""
+    if len(reason) > MAX_REASON_CHARS:
+        return [FieldViolation(field, f"at most {MAX_REASON_CHARS} characters")]
+    return []
+
+
+def _check_json(data: Any, field: str) -> list[FieldViolation]:
+    if isinstance(data, float) and not math.isfinite(data):
+        return [FieldViolation(field, "NaN and infinities are not JSON")]
+    if isinstance(data, Mapping):
+        return [v for key, item in data.items() for v in _check_json(item, f"{field}.{key}")]
+    if isinstance(data, list | tuple):
+        return [v for i, item in enumerate(data) for v in _check_json(item, f"{field}[{i}]")]
+    return []
+
+
+def _check_subjects(subjects: Sequence[str], field: str) -> list[FieldViolation]:
+    if len(subjects) > MAX_LIST_ITEMS:
+        return [FieldViolation(field, f"at most {MAX_LIST_ITEMS} subjects")]
+    if any(not s for s in subjects):
+        return [FieldViolation(field, "subjects must not be empty")]
+    return []
+
+
+def _check_flag(flag: FeatureFlag, field: str) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    pct = flag.rollout_percent
+    if pct is not None and (not math.isfinite(pct) or not 0 <= pct <= 100):
+        violations.append(FieldViolation(f"{field}.rollout_percent", "must be from 0 to 100"))
+    violations += _check_subjects(flag.allow_list, f"{field}.allow_list")
+    violations += _check_subjects(flag.deny_list, f"{field}.deny_list")
+    names: set[str] = set()
+    for i, variant in enumerate(flag.variants):
+        violations += check_name(variant.name, f"{field}.variants[{i}].name")
+        if variant.name in names:
+            violations.append(FieldViolation(f"{field}.variants[{i}].name", "duplicate name"))
+        names.add(variant.name)
+        violations += _check_json(variant.value, f"{field}.variants[{i}].value")
+    if flag.default_variant and flag.default_variant not in names:
+        violations.append(
+            FieldViolation(f"{field}.default_variant", "must name one of the variants")
+        )
+    return violations
+
+
+def check_value(value: ConfigValue | None, field: str = "value") -> list[FieldViolation]:
+    """Checks a value on its own (its schema is checked separately)."""
+    if value is None:
+        return [FieldViolation(field, "required: set one of the value kinds")]
+    violations: list[FieldViolation] = []
+    if value.type is ValueType.INT and not INT64_MIN <= value.data <= INT64_MAX:
+        violations.append(FieldViolation(field, "out of the int64 range"))
+    if value.type is ValueType.DOUBLE and not math.isfinite(value.data):
+        violations.append(FieldViolation(field, "NaN and infinities are not allowed"))
+    if value.type is ValueType.JSON:
+        violations += _check_json(value.data, field)
+    if value.type is ValueType.FEATURE_FLAG:
+        violations += _check_flag(value.data, field)
+    if not violations and value.encoded_size() > MAX_VALUE_BYTES:
+        violations.append(FieldViolation(field, f"larger than {MAX_VALUE_BYTES} bytes"))
+    return violations

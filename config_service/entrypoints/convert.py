@@ -1,0 +1,243 @@
+"""Protobuf ↔ domain for ConfigService. The only module that knows both."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from agentready.config.v1 import config_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from config_service.domain.model import SET, Change, Entry, Event, etag
+from config_service.domain.schema import KeySchema, ServiceSchema, StoredSchema
+from config_service.domain.values import ConfigValue, FeatureFlag, FlagVariant, ValueType
+
+_TYPES = {
+    ValueType.STRING: config_pb2.VALUE_TYPE_STRING,
+    ValueType.INT: config_pb2.VALUE_TYPE_INT,
+    ValueType.DOUBLE: config_pb2.VALUE_TYPE_DOUBLE,
+    ValueType.BOOL: config_pb2.VALUE_TYPE_BOOL,
+    ValueType.JSON: config_pb2.VALUE_TYPE_JSON,
+    ValueType.FEATURE_FLAG: config_pb2.VALUE_TYPE_FEATURE_FLAG,
+}
+_TYPES_BACK = {v: k for k, v in _TYPES.items()}
+_KINDS = {
+    "string_value": ValueType.STRING,
+    "int_value": ValueType.INT,
+    "double_value": ValueType.DOUBLE,
+    "bool_value": ValueType.BOOL,
+    "json_value": ValueType.JSON,
+    "flag_value": ValueType.FEATURE_FLAG,
+}
+_FIELDS = {v: k for k, v in _KINDS.items()}
+
+
+def _json(message: struct_pb2.Value) -> Any:
+    return json_format.MessageToDict(message)
+
+
+def _to_json_value(data: Any) -> struct_pb2.Value:
+    return json_format.ParseDict(data, struct_pb2.Value())
+
+
+def value_from_proto(message: config_pb2.Value) -> ConfigValue | None:
+    """The domain value of a ``Value``; None when no kind is set."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        return None
+    value_type = _KINDS[kind]
+    if value_type is ValueType.JSON:
+        return ConfigValue(value_type, _json(message.json_value))
+    if value_type is ValueType.FEATURE_FLAG:
+        flag = message.flag_value
+        return ConfigValue(
+            value_type,
+            FeatureFlag(
+                enabled=flag.enabled,
+                rollout_percent=flag.rollout_percent if flag.HasField("rollout_percent") else None,
+                allow_list=tuple(flag.allow_list),
+                deny_list=tuple(flag.deny_list),
+                variants=tuple(
+                    FlagVariant(v.name, v.weight, _json(v.value) if v.HasField("value") else None)
+                    for v in flag.variants
+                ),
+                default_variant=flag.default_variant,
+                salt=flag.salt,
+            ),
+        )
+    return ConfigValue(value_type, getattr(message, kind))
+
+
+def value_to_proto(value: ConfigValue) -> config_pb2.Value:
+    """The ``Value`` of a domain value."""
+    if value.type is ValueType.JSON:
+        return config_pb2.Value(json_value=_to_json_value(value.data))
+    if value.type is ValueType.FEATURE_FLAG:
+        flag: FeatureFlag = value.data
+        message = config_pb2.FeatureFlag(
+            enabled=flag.enabled,
+            allow_list=flag.allow_list,
+            deny_list=flag.deny_list,
+            default_variant=flag.default_variant,
+            salt=flag.salt,
+        )
+        if flag.rollout_percent is not None:
+            message.rollout_percent = flag.rollout_percent
+        for variant in flag.variants:
+            proto_variant = message.variants.add(name=variant.name, weight=variant.weight)
+            if variant.value is not None:
+                proto_variant.value.CopyFrom(_to_json_value(variant.value))
+        return config_pb2.Value(flag_value=message)
+    return config_pb2.Value(**{_FIELDS[value.type]: value.data})
+
+
+def timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp, or None for no moment."""
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def entry_to_proto(organization: str, entry: Entry) -> config_pb2.ConfigEntry:
+    """A ``ConfigEntry``."""
+    return config_pb2.ConfigEntry(
+        organization=organization,
+        service=entry.service,
+        key=entry.key,
+        value=value_to_proto(entry.value),
+        revision=entry.revision,
+        is_default=entry.is_default,
+        update_time=timestamp(entry.updated_at),
+        update_actor=entry.updated_by,
+        etag="" if entry.is_default else etag(entry.revision),
+    )
+
+
+def change_to_proto(organization: str, change: Change) -> config_pb2.ConfigChange:
+    """A ``ConfigChange``."""
+    entry = change.entry()
+    return config_pb2.ConfigChange(
+        service=change.service,
+        key=change.key,
+        type=config_pb2.CHANGE_TYPE_SET if change.kind == SET else config_pb2.CHANGE_TYPE_DELETE,
+        entry=entry_to_proto(organization, entry) if entry else None,
+    )
+
+
+def history_to_proto(organization: str, change: Change) -> config_pb2.ConfigHistoryEntry:
+    """A ``ConfigHistoryEntry``."""
+    return config_pb2.ConfigHistoryEntry(
+        revision=change.revision,
+        organization=organization,
+        service=change.service,
+        key=change.key,
+        type=config_pb2.CHANGE_TYPE_SET if change.kind == SET else config_pb2.CHANGE_TYPE_DELETE,
+        old_value=value_to_proto(change.old_value) if change.old_value else None,
+        new_value=value_to_proto(change.new_value) if change.new_value else None,
+        actor=change.actor,
+        reason=change.reason,
+        request_id=change.request_id,
+        create_time=timestamp(change.created_at),
+    )
+
+
+def schema_from_proto(message: config_pb2.ConfigSchema) -> ServiceSchema:
+    """The domain schema of a ``ConfigSchema`` (checked later by the domain)."""
+    return ServiceSchema(
+        keys=tuple(
+            KeySchema(
+                key=k.key,
+                type=_TYPES_BACK.get(k.type, ValueType.STRING),
+                default=value_from_proto(k.default_value) if k.HasField("default_value") else None,
+                minimum=k.minimum if k.HasField("minimum") else None,
+                maximum=k.maximum if k.HasField("maximum") else None,
+                allowed_values=tuple(k.allowed_values),
+                pattern=k.pattern,
+                description=k.description,
+            )
+            for k in message.keys
+        ),
+        strict=message.strict,
+    )
+
+
+def schema_to_proto(organization: str, stored: StoredSchema) -> config_pb2.ConfigSchema:
+    """A ``ConfigSchema``."""
+    message = config_pb2.ConfigSchema(
+        organization=organization,
+        service=stored.service,
+        strict=stored.schema.strict,
+        create_time=timestamp(stored.created_at),
+        update_time=timestamp(stored.updated_at),
+        etag=stored.etag,
+    )
+    for key in stored.schema.keys:
+        proto_key = message.keys.add(
+            key=key.key,
+            type=_TYPES[key.type],
+            allowed_values=key.allowed_values,
+            pattern=key.pattern,
+            description=key.description,
+        )
+        if key.default is not None:
+            proto_key.default_value.CopyFrom(value_to_proto(key.default))
+        if key.minimum is not None:
+            proto_key.minimum = key.minimum
+        if key.maximum is not None:
+            proto_key.maximum = key.maximum
+    return message
+
+
+class WatchMessages:
+    """Builds WatchConfig messages (the hub calls :meth:`event` once per filter)."""
+
+    Response = config_pb2.WatchConfigResponse
+
+    def event(
+        self, event: Event, services: frozenset[str] | None
+    ) -> config_pb2.WatchConfigResponse | None:
+        """A CHANGE message, or None when nothing matches ``services``."""
+        changes = [
+            change_to_proto(event.organization, c)
+            for c in event.changes
+            if services is None or c.service in services
+        ]
+        if not changes:
+            return None
+        return self.Response(
+            type=self.Response.EVENT_TYPE_CHANGE,
+            revision=event.revision,
+            changes=changes,
+            commit_time=timestamp(event.commit_time),
+        )
+
+    def snapshot(
+        self,
+        organization: str,
+        revision: int,
+        compact_revision: int,
+        entries: Sequence[Entry],
+        reset: bool,
+        commit_time: dt.datetime | None,
+    ) -> config_pb2.WatchConfigResponse:
+        """A SNAPSHOT message."""
+        return self.Response(
+            type=self.Response.EVENT_TYPE_SNAPSHOT,
+            revision=revision,
+            entries=[entry_to_proto(organization, e) for e in entries],
+            reset=reset,
+            commit_time=timestamp(commit_time) if revision else None,
+            compact_revision=compact_revision,
+        )
+
+    def progress(self, revision: int, compact_revision: int) -> config_pb2.WatchConfigResponse:
+        """A PROGRESS message."""
+        return self.Response(
+            type=self.Response.EVENT_TYPE_PROGRESS,
+            revision=revision,
+            commit_time=timestamp(dt.datetime.now(dt.UTC)),
+            compact_revision=compact_revision,
+        )

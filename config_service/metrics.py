@@ -1,0 +1,25 @@
+"""ConfigService's own metrics, beside the per-RPC ones every server has."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WATCH_STREAMS = Gauge("config_watch_streams", "Open WatchConfig streams on this replica.")
+WATCH_EVENTS_SENT = Counter(
+    "config_watch_events_sent_total", "WatchConfig messages queued to streams, by type.", ["type"]
+)
+WATCH_OVERFLOWS = Counter(
+    "config_watch_overflows_total", "Streams closed because their client read too slowly."
+)
+NOTIFICATION_LAG = Histogram(
+    "config_notification_lag_seconds",
+    "From a revision's commit to its fan-out on this replica.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+FALLBACK_MODE = Gauge(
+    "config_notification_fallback",
+    "1 while Redis pub/sub is unavailable and the replica polls PostgreSQL instead.",
+)
+FEED_FETCHES = Counter(
+    "config_feed_fetches_total", "History reads made to fan revisions out (one per batch)."
+)

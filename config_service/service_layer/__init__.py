@@ -1,0 +1,1 @@
+"""ConfigService use cases: transactions around the domain, notifications after them."""

@@ -1,0 +1,87 @@
+"""Reads: single keys (with schema defaults), listings, history and schemas."""
+
+from __future__ import annotations
+
+from config_service.adapters import postgres as pg
+from config_service.domain.model import Change, Entry
+from config_service.domain.schema import StoredSchema
+from servicekit.errors import NotFound
+
+
+class ConfigReader:
+    """The read side of ConfigService."""
+
+    def __init__(self, store: pg.ConfigStore) -> None:
+        self._store = store
+
+    async def get(self, organization: str, service: str, key: str) -> Entry:
+        """The key's entry; its schema default (``is_default``) when not set.
+
+        Raises:
+            NotFound: the key is not set and has no default.
+        """
+        async with self._store.transaction(organization) as conn:
+            entry = await pg.get_entry(conn, organization, service, key)
+            if entry is not None:
+                return entry
+            stored = await pg.load_schema(conn, organization, service)
+        key_schema = stored.schema.key(key) if stored else None
+        if key_schema is None or key_schema.default is None:
+            raise NotFound("config", f"{organization}/{service}/{key}")
+        return Entry(service, key, key_schema.default, 0, None, "", is_default=True)
+
+    async def entries(
+        self, organization: str, *, service: str, after: tuple[str, str] | None, limit: int
+    ) -> tuple[list[Entry], int]:
+        """A page of set keys ordered by (service, key), and the revision it was read at."""
+        async with self._store.transaction(organization, snapshot=True) as conn:
+            revision, _ = await pg.read_revision(conn, organization)
+            entries = await pg.list_entries(
+                conn,
+                organization,
+                services=[service] if service else [],
+                after=after,
+                limit=limit,
+            )
+        return entries, revision
+
+    async def history(
+        self,
+        organization: str,
+        *,
+        service: str,
+        key: str,
+        start_revision: int,
+        end_revision: int,
+        after: tuple[int, int],
+        limit: int,
+    ) -> list[Change]:
+        """A page of history, oldest first."""
+        async with self._store.transaction(organization) as conn:
+            return await pg.list_history(
+                conn,
+                organization,
+                service=service,
+                key=key,
+                start_revision=start_revision,
+                end_revision=end_revision,
+                after=after,
+                limit=limit,
+            )
+
+    async def schema(self, organization: str, service: str) -> StoredSchema:
+        """One service's schema.
+
+        Raises:
+            NotFound: the service has none.
+        """
+        async with self._store.transaction(organization) as conn:
+            stored = await pg.load_schema(conn, organization, service)
+        if stored is None:
+            raise NotFound("config schema", f"{organization}/{service}")
+        return stored
+
+    async def schemas(self, organization: str, *, after: str, limit: int) -> list[StoredSchema]:
+        """A page of schemas ordered by service."""
+        async with self._store.transaction(organization) as conn:
+            return await pg.list_schemas(conn, organization, after=after, limit=limit)

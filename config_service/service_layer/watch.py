@@ -1,0 +1,155 @@
+"""One WatchConfig stream: its initial state (snapshot or replay), then live changes.
+
+The stream registers with the hub *before* reading its initial state at revision R,
+then skips live items at or below R, so nothing falls between the two and nothing
+arrives twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+from config_service.adapters import postgres as pg
+from config_service.domain.model import Entry, Event
+from config_service.service_layer.hub import OVERFLOW, RESET, SHUTDOWN, Hub
+from servicekit.errors import Unavailable
+
+REPLAY_BATCH = 500
+
+
+class WatchEncoder(Protocol):
+    """Builds the stream's messages (the entry point knows the wire format)."""
+
+    def event(self, event: Event, services: frozenset[str] | None) -> Any | None:
+        """A CHANGE message, or None when nothing in it matches ``services``."""
+
+    def snapshot(
+        self,
+        organization: str,
+        revision: int,
+        compact_revision: int,
+        entries: Sequence[Entry],
+        reset: bool,
+        commit_time: dt.datetime | None,
+    ) -> Any:
+        """A SNAPSHOT message."""
+
+    def progress(self, revision: int, compact_revision: int) -> Any:
+        """A PROGRESS message."""
+
+
+def _compact_revision(revision: int, compacted: int) -> int:
+    """Oldest revision still in history (0 while there are none)."""
+    return compacted + 1 if revision else 0
+
+
+async def watch(
+    hub: Hub,
+    store: pg.ConfigStore,
+    encoder: WatchEncoder,
+    *,
+    organization: str,
+    services: frozenset[str] | None,
+    start_revision: int,
+    progress_interval: float,
+) -> AsyncIterator[Any]:
+    """Yields the messages of one stream until the client goes or the stream must end.
+
+    Raises:
+        Unavailable: the client read too slowly (reason ``WATCH_OVERFLOW``) or the
+            history it needed vanished (``WATCH_RESET``); it resumes from its last
+            revision.
+    """
+    watcher = await hub.watch(organization, services)
+    try:
+        async with store.transaction(organization, snapshot=True) as conn:
+            revision, compacted = await pg.read_revision(conn, organization)
+            snapshot = (
+                start_revision <= 0 or start_revision > revision or start_revision < compacted
+            )
+            if snapshot:
+                entries = await pg.list_entries(conn, organization, services=sorted(services or ()))
+                commit_time = await conn.fetchval(
+                    "SELECT updated_at FROM config.organizations WHERE organization = $1",
+                    organization,
+                )
+        compact = _compact_revision(revision, compacted)
+        if snapshot:
+            yield encoder.snapshot(
+                organization, revision, compact, entries, start_revision > 0, commit_time
+            )
+        else:
+            async for message in _replay(
+                store, encoder, organization, services, start_revision, revision
+            ):
+                yield message
+            yield encoder.progress(revision, compact)
+        last = revision
+        while True:
+            try:
+                async with asyncio.timeout(progress_interval):
+                    item = await watcher.queue.get()
+            except TimeoutError:
+                yield encoder.progress(last, compact)
+                continue
+            if item is OVERFLOW:
+                raise Unavailable(
+                    "the stream fell too far behind; resume from your last revision",
+                    reason="WATCH_OVERFLOW",
+                    metadata={"revision": str(last)},
+                )
+            if item is SHUTDOWN:
+                raise Unavailable(
+                    "the server is shutting down; resume on another replica",
+                    reason="SERVER_SHUTDOWN",
+                    metadata={"revision": str(last)},
+                )
+            if item is RESET:
+                raise Unavailable(
+                    "the history this stream needed is gone; resume for a new snapshot",
+                    reason="WATCH_RESET",
+                    metadata={"revision": str(last)},
+                )
+            item_revision, message = item
+            if item_revision <= last:
+                continue  # already in the initial state
+            last = item_revision
+            if message is not None:
+                yield message
+    finally:
+        hub.unwatch(watcher)
+
+
+async def _replay(
+    store: pg.ConfigStore,
+    encoder: WatchEncoder,
+    organization: str,
+    services: frozenset[str] | None,
+    after: int,
+    upto: int,
+) -> AsyncIterator[Any]:
+    position = after
+    while position < upto:
+        end = min(upto, position + REPLAY_BATCH)
+        async with store.transaction(organization) as conn:
+            changes = await pg.changes_between(conn, organization, position, end)
+        expected = position + 1
+        for revision, group in itertools.groupby(changes, key=lambda c: c.revision):
+            if revision != expected:
+                raise Unavailable(
+                    "the history being replayed was compacted; resume for a new snapshot",
+                    reason="WATCH_RESET",
+                    metadata={"revision": str(expected - 1)},
+                )
+            items = tuple(group)
+            message = encoder.event(
+                Event(organization, revision, items, items[0].created_at), services
+            )
+            if message is not None:
+                yield message
+            expected = revision + 1
+        position = end

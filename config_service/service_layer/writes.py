@@ -1,0 +1,329 @@
+"""Writes: every change is one transaction holding the value, its history and the
+organization's revision bump; the notification goes out after the commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+import asyncpg
+
+from config_service.adapters import postgres as pg
+from config_service.domain.model import DELETE, SET, Change, Commit, Entry, Mutation, etag
+from config_service.domain.schema import (
+    ServiceSchema,
+    StoredSchema,
+    check_schema,
+    violations_of_existing,
+)
+from servicekit.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+
+# Called after a commit with (organization, revision): fans the change out.
+Notify = Callable[[str, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestKey:
+    """Identifies a retried request (AIP-155): its id, method and a digest of its body."""
+
+    request_id: str
+    method: str
+    fingerprint: str
+
+
+class ConfigWriter:
+    """The write side of ConfigService."""
+
+    def __init__(self, store: pg.ConfigStore, notify: Notify) -> None:
+        self._store = store
+        self._notify = notify
+
+    async def apply(
+        self,
+        organization: str,
+        mutations: Sequence[Mutation],
+        *,
+        actor: str,
+        reason: str,
+        request: RequestKey | None,
+    ) -> Commit:
+        """Applies ``mutations`` as one revision (or none, if all are no-ops).
+
+        Raises:
+            InvalidArgument: two mutations name one key, or a value breaks its schema.
+            Aborted: an expected revision or etag does not match.
+            NotFound: a delete names a key that is not set.
+        """
+        seen: dict[tuple[str, str], str] = {}
+        for m in mutations:
+            where = (m.service, m.key)
+            if where in seen:
+                raise InvalidArgument.field(
+                    f"{m.field}key", f"{m.service}/{m.key} is already changed by {seen[where]}"
+                )
+            seen[where] = m.field.rstrip(".") or "this request"
+        async with self._store.transaction(organization) as conn:
+            revision, _ = await pg.lock_organization(conn, organization)
+            replay = await self._replay(conn, organization, request)
+            if replay is not None:
+                return replay
+            commit = await self._apply_locked(
+                conn,
+                organization,
+                revision,
+                mutations,
+                actor=actor,
+                reason=reason,
+                request_id=request.request_id if request else "",
+            )
+            await self._record(conn, organization, request, commit)
+        if commit.changes:
+            self._notify(organization, commit.revision)
+        return commit
+
+    async def rollback(
+        self,
+        organization: str,
+        target: int,
+        *,
+        service: str,
+        key: str,
+        actor: str,
+        reason: str,
+        request: RequestKey | None,
+    ) -> Commit:
+        """Restores the state at revision ``target`` (of one service or key) as a new one.
+
+        Raises:
+            InvalidArgument: ``target`` is above the current revision, or a restored value
+                breaks today's schema.
+            FailedPrecondition: the history since ``target`` has been compacted.
+        """
+        async with self._store.transaction(organization) as conn:
+            revision, compacted = await pg.lock_organization(conn, organization)
+            replay = await self._replay(conn, organization, request)
+            if replay is not None:
+                return replay
+            if target > revision:
+                raise InvalidArgument.field(
+                    "revision", f"{target} is above the current revision {revision}"
+                )
+            if target < compacted:
+                raise FailedPrecondition(
+                    f"the history after revision {target} is no longer retained (compacted "
+                    f"through {compacted})",
+                    reason="HISTORY_COMPACTED",
+                    metadata={"compact_revision": str(compacted + 1)},
+                )
+            firsts = await pg.first_changes_after(conn, organization, target, service, key)
+            # The value each key had at `target` is the old value of its first change after.
+            mutations = [
+                Mutation(
+                    c.service,
+                    c.key,
+                    c.old_value,
+                    missing_ok=True,
+                    field=f"restored {c.service}/{c.key}: ",
+                )
+                for c in firsts
+            ]
+            commit = await self._apply_locked(
+                conn,
+                organization,
+                revision,
+                mutations,
+                actor=actor,
+                reason=reason,
+                request_id=request.request_id if request else "",
+            )
+            await self._record(conn, organization, request, commit)
+        if commit.changes:
+            self._notify(organization, commit.revision)
+        return commit
+
+    async def _replay(
+        self, conn: asyncpg.Connection, organization: str, request: RequestKey | None
+    ) -> Commit | None:
+        """The stored result of an earlier attempt of the same request, if any."""
+        if request is None:
+            return None
+        found = await pg.find_request(conn, organization, request.request_id)
+        if found is None:
+            return None
+        method, fingerprint, result = found
+        if method != request.method or fingerprint != request.fingerprint:
+            raise InvalidArgument.field(
+                "request_id", "already used for a different request; use a new UUID"
+            )
+        return Commit.from_json(result)
+
+    async def _record(
+        self,
+        conn: asyncpg.Connection,
+        organization: str,
+        request: RequestKey | None,
+        commit: Commit,
+    ) -> None:
+        if request is not None:
+            await pg.save_request(
+                conn,
+                organization,
+                request.request_id,
+                request.method,
+                request.fingerprint,
+                commit.to_json(),
+            )
+
+    async def _apply_locked(
+        self,
+        conn: asyncpg.Connection,
+        organization: str,
+        revision: int,
+        mutations: Sequence[Mutation],
+        *,
+        actor: str,
+        reason: str,
+        request_id: str,
+    ) -> Commit:
+        ordered = sorted(mutations, key=lambda m: (m.service, m.key))
+        current = await pg.load_entries(conn, organization, [(m.service, m.key) for m in ordered])
+        schemas = await pg.load_schemas(
+            conn, organization, {m.service for m in ordered if m.value is not None}
+        )
+        violations: list[FieldViolation] = []
+        for m in ordered:
+            entry = current.get((m.service, m.key))
+            _check_concurrency(organization, m, entry)
+            if m.value is None:
+                if entry is None and not m.missing_ok:
+                    raise NotFound("config", f"{organization}/{m.service}/{m.key}")
+                continue
+            schema = schemas.get(m.service)
+            if schema is not None:
+                violations += schema.check(m.key, m.value, f"{m.field}value", f"{m.field}key")
+        if violations:
+            raise InvalidArgument(
+                "the write breaks the service's schema: "
+                + "; ".join(f"{v.field}: {v.description}" for v in violations),
+                violations=violations,
+                reason="SCHEMA_VIOLATION",
+            )
+        now = dt.datetime.now(dt.UTC)
+        new_revision = revision + 1
+        changes: list[Change] = []
+        for m in ordered:
+            entry = current.get((m.service, m.key))
+            old = entry.value if entry else None
+            if old == m.value:
+                continue  # no-op: no revision, no history
+            changes.append(
+                Change(
+                    revision=new_revision,
+                    seq=len(changes),
+                    service=m.service,
+                    key=m.key,
+                    kind=SET if m.value is not None else DELETE,
+                    old_value=old,
+                    new_value=m.value,
+                    actor=actor,
+                    reason=reason,
+                    request_id=request_id,
+                    created_at=now,
+                )
+            )
+        if changes:
+            await pg.write_commit(conn, organization, new_revision, changes, now)
+        changed = {(c.service, c.key): c for c in changes}
+        entries: list[Entry] = []
+        for m in ordered:
+            change = changed.get((m.service, m.key))
+            after = change.entry() if change else current.get((m.service, m.key))
+            if after is not None:
+                entries.append(after)
+        return Commit(
+            revision=new_revision if changes else revision,
+            changes=tuple(changes),
+            entries=tuple(entries),
+        )
+
+    async def set_schema(
+        self,
+        organization: str,
+        service: str,
+        schema: ServiceSchema,
+        *,
+        expected_etag: str,
+    ) -> StoredSchema:
+        """Registers or replaces a service's schema; does not create a revision.
+
+        Raises:
+            InvalidArgument: the schema is inconsistent.
+            Aborted: ``expected_etag`` does not match.
+            FailedPrecondition: values already set would break it.
+        """
+        problems = check_schema(schema)
+        if problems:
+            raise InvalidArgument(
+                "the schema is invalid: "
+                + "; ".join(f"{v.field}: {v.description}" for v in problems),
+                violations=problems,
+            )
+        async with self._store.transaction(organization) as conn:
+            stored = await pg.load_schema(conn, organization, service, lock=True)
+            if expected_etag and (stored is None or stored.etag != expected_etag):
+                raise Aborted(
+                    f"the schema of {service!r} has changed (etag mismatch); read it again",
+                    metadata={"service": service},
+                )
+            if stored is not None and stored.schema == schema:
+                return stored  # identical: a no-op, so retries are harmless
+            entries = await pg.list_entries(conn, organization, services=[service])
+            broken = violations_of_existing(schema, [(e.key, e.value) for e in entries])
+            if broken:
+                raise FailedPrecondition(
+                    f"values already set break the new schema of {service!r}: "
+                    + "; ".join(f"{v.field}: {v.description}" for v in broken),
+                    violations=broken,
+                    reason="SCHEMA_VIOLATION",
+                )
+            return await pg.upsert_schema(conn, organization, service, schema)
+
+    async def delete_schema(self, organization: str, service: str, *, expected_etag: str) -> None:
+        """Removes a service's schema; its values stay.
+
+        Raises:
+            NotFound: the service has no schema.
+            Aborted: ``expected_etag`` does not match.
+        """
+        async with self._store.transaction(organization) as conn:
+            stored = await pg.load_schema(conn, organization, service, lock=True)
+            if stored is None:
+                raise NotFound("config schema", f"{organization}/{service}")
+            if expected_etag and stored.etag != expected_etag:
+                raise Aborted(f"the schema of {service!r} has changed (etag mismatch)")
+            await pg.delete_schema(conn, organization, service)
+
+
+def _check_concurrency(organization: str, m: Mutation, entry: Entry | None) -> None:
+    actual = entry.revision if entry else 0
+    where = {"organization": organization, "service": m.service, "key": m.key}
+    if m.expected_revision is not None and m.expected_revision != actual:
+        raise Aborted(
+            f"{m.service}/{m.key} is at revision {actual}, not {m.expected_revision}; "
+            "read it again and retry",
+            reason="REVISION_MISMATCH",
+            metadata={**where, "revision": str(actual)},
+        )
+    if m.etag and (entry is None or etag(entry.revision) != m.etag):
+        raise Aborted(
+            f"{m.service}/{m.key} has changed (etag mismatch); read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={**where, "etag": etag(entry.revision) if entry else ""},
+        )
