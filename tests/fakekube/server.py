@@ -1,0 +1,686 @@
+"""The HTTP face of the fake: routing, request decoding, faults, and the server class.
+
+Built on the standard library's ``ThreadingHTTPServer`` (one thread per connection)
+running in a background thread, so it serves sync tests and asyncio tests alike and
+needs nothing beyond the test dependencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml  # type: ignore[import-untyped, unused-ignore]
+
+from . import errors, resources
+from .errors import KubeApiError, reason_for_code
+from .faults import Fault, FaultTable, RequestInfo, RequestLog, RequestRecord
+from .resources import ResourceType, resolve_type
+from .store import APPLY_PATCH, JSON_PATCH, PATCH_TYPES, ObjectStore
+from .validation import warm_up
+
+DEFAULT_TOKEN = "fakekube-token"
+
+Body = dict[str, Any]
+
+
+@dataclass
+class _Call:
+    """A decoded request, handed to the verb implementations."""
+
+    method: str
+    info: RequestInfo
+    params: dict[str, list[str]]
+    body: bytes
+    content_type: str
+    user_agent: str
+
+    def param(self, name: str, default: str = "") -> str:
+        values = self.params.get(name)
+        return values[-1] if values else default
+
+    def flag(self, name: str) -> bool:
+        return self.param(name).lower() in ("true", "1")
+
+    @property
+    def dry_run(self) -> bool:
+        return self.param("dryRun") == "All"
+
+    @property
+    def manager(self) -> str:
+        # The real server falls back to the user agent's product name.
+        return self.param("fieldManager") or self.user_agent.split("/", 1)[0] or "unknown"
+
+
+@dataclass
+class _Response:
+    code: int
+    body: Any
+    headers: dict[str, str]
+
+
+Route = Callable[[_Call], _Response]
+
+
+def _ok(body: Any, code: int = 200) -> _Response:
+    return _Response(code, body, {})
+
+
+def _decode(call: _Call, *, yaml_allowed: bool) -> Any:
+    if not call.body:
+        raise errors.bad_request("the request body is empty")
+    try:
+        if yaml_allowed or "yaml" in call.content_type:
+            # Clients mostly send JSON (valid YAML); the C JSON parser is far faster.
+            try:
+                return json.loads(call.body)
+            except ValueError:
+                return yaml.safe_load(call.body.decode("utf-8"))
+        return json.loads(call.body)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise errors.bad_request(f"unable to decode the request body: {exc}") from exc
+
+
+class _Api:
+    """Maps decoded requests onto the store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def route(self, method: str, path: str) -> tuple[RequestInfo, Route]:
+        """Resolve a path; the route raises 404/405 itself when there is nothing to serve."""
+        segments = [unquote(s) for s in path.split("/") if s]
+        plain = RequestInfo(method=method, path=path)
+
+        def static(body: Any) -> tuple[RequestInfo, Route]:
+            def serve(call: _Call) -> _Response:
+                if call.method != "GET":
+                    raise errors.method_not_allowed()
+                if body is None:
+                    raise errors.route_not_found()
+                return _ok(body)
+
+            return plain, serve
+
+        if segments == ["version"]:
+            return static(resources.version_info())
+        if segments in (["healthz"], ["livez"], ["readyz"]):
+            return static("ok")
+        if segments == ["api"]:
+            return static(resources.api_versions())
+        if segments == ["apis"]:
+            return static(resources.api_group_list())
+        if len(segments) == 2 and segments[0] == "apis":
+            return static(resources.api_group(segments[1]))
+        if segments[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", segments[2:]
+        elif len(segments) >= 3 and segments[0] == "apis":
+            group, version, rest = segments[1], segments[2], segments[3:]
+        else:
+            return static(None)
+        if not rest:
+            return static(resources.api_resource_list(group, version))
+
+        namespace = ""
+        if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] != "status":
+            namespace, rest = rest[1], rest[2:]
+        rt = resources.find_type(group, version, rest[0])
+        if rt is None or len(rest) > 3 or (namespace and not rt.namespaced):
+            return static(None)
+        name = rest[1] if len(rest) >= 2 else ""
+        subresource = rest[2] if len(rest) == 3 else ""
+        if (subresource and (subresource != "status" or not rt.status_subresource)) or (
+            name and rt.namespaced and not namespace
+        ):
+            return static(None)
+        info = RequestInfo(method, path, rt.plural, rt.kind, namespace, name, subresource)
+        if not name:
+            return info, lambda call: self._collection(call, rt)
+        return info, lambda call: self._object(call, rt)
+
+    def _collection(self, call: _Call, rt: ResourceType) -> _Response:
+        namespace = call.info.namespace or None
+        if call.method == "GET":
+            if call.flag("watch"):
+                raise KubeApiError(405, "MethodNotAllowed", "watch is not supported by this fake")
+            try:
+                limit = int(call.param("limit", "0") or 0)
+            except ValueError as exc:
+                raise errors.bad_request(f"invalid limit: {exc}") from exc
+            return _ok(
+                self.store.list_objects(
+                    rt,
+                    namespace,
+                    label_selector=call.param("labelSelector"),
+                    field_selector=call.param("fieldSelector"),
+                    limit=limit,
+                    continue_token=call.param("continue"),
+                )
+            )
+        if call.method == "POST" and (namespace or not rt.namespaced):
+            body = _decode(call, yaml_allowed=False)
+            created = self.store.create(
+                rt, namespace, body, manager=call.manager, dry_run=call.dry_run
+            )
+            return _ok(created, 201)
+        if call.method == "DELETE" and rt.namespaced and namespace:
+            return _ok(
+                self.store.delete_collection(
+                    rt,
+                    namespace,
+                    label_selector=call.param("labelSelector"),
+                    field_selector=call.param("fieldSelector"),
+                )
+            )
+        raise errors.method_not_allowed()
+
+    def _object(self, call: _Call, rt: ResourceType) -> _Response:
+        info = call.info
+        namespace = info.namespace or None
+        if call.method == "GET":
+            return _ok(self.store.get(rt, namespace, info.name))
+        if call.method == "PUT":
+            body = _decode(call, yaml_allowed=False)
+            return _ok(
+                self.store.replace(
+                    rt,
+                    namespace,
+                    info.name,
+                    body,
+                    manager=call.manager,
+                    subresource=info.subresource,
+                    dry_run=call.dry_run,
+                )
+            )
+        if call.method == "PATCH":
+            return self._patch(call, rt)
+        if call.method == "DELETE" and not info.subresource:
+            options = json.loads(call.body) if call.body.strip() else {}
+            preconditions = options.get("preconditions") if isinstance(options, dict) else None
+            return _ok(
+                self.store.delete(
+                    rt, namespace, info.name, preconditions=preconditions, dry_run=call.dry_run
+                )
+            )
+        raise errors.method_not_allowed()
+
+    def _patch(self, call: _Call, rt: ResourceType) -> _Response:
+        patch_type = call.content_type
+        if patch_type not in PATCH_TYPES:
+            raise KubeApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: {', '.join(PATCH_TYPES)}",
+            )
+        if patch_type == APPLY_PATCH and not call.param("fieldManager"):
+            raise _patch_options_invalid(
+                errors.FIELD_REQUIRED,
+                "Required value: is required for apply patch",
+                "fieldManager",
+            )
+        if patch_type != APPLY_PATCH and call.param("force"):
+            raise _patch_options_invalid(
+                errors.FIELD_FORBIDDEN,
+                "Forbidden: may not be specified for non-apply patch",
+                "force",
+            )
+        body = _decode(call, yaml_allowed=patch_type == APPLY_PATCH)
+        if patch_type == JSON_PATCH and not isinstance(body, list):
+            raise errors.bad_request("a JSON patch must be a list of operations")
+        obj, created = self.store.patch(
+            rt,
+            call.info.namespace or None,
+            call.info.name,
+            patch_type,
+            body,
+            manager=call.manager,
+            force=call.flag("force"),
+            subresource=call.info.subresource,
+            dry_run=call.dry_run,
+        )
+        return _ok(obj, 201 if created else 200)
+
+
+def _patch_options_invalid(reason: str, message: str, field: str) -> KubeApiError:
+    return KubeApiError(
+        422,
+        "Invalid",
+        f'PatchOptions.meta.k8s.io "" is invalid: {field}: {message}',
+        details={
+            "group": "meta.k8s.io",
+            "kind": "PatchOptions",
+            "causes": [errors.cause(reason, message, field)],
+        },
+    )
+
+
+def _fault_error(fault: Fault) -> KubeApiError:
+    reason = fault.reason or reason_for_code(fault.status)
+    message = fault.message or f"injected failure: {reason}"
+    details: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if fault.retry_after is not None:
+        details["retryAfterSeconds"] = fault.retry_after
+        headers["Retry-After"] = str(fault.retry_after)
+    return KubeApiError(fault.status, reason, message, details=details, headers=headers)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many concurrent clients (benchmarks) must not be refused by a short backlog.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], fake: FakeKubeServer) -> None:
+        self.fake = fake
+        self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Unblock handler threads waiting on kept-alive connections."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 keep-alive, as urllib3 pools connections.
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; with Nagle's algorithm on, the
+    # client's delayed ACK adds ~40 ms to every call.
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr line; the request log has it all."""
+
+    def _handle(self) -> None:
+        fake = self.server.fake
+        started = time.monotonic()
+        seq = fake.log.next_seq()
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip()
+        info, route = fake.api.route(self.command, url.path)
+        call = _Call(
+            self.command,
+            info,
+            parse_qs(url.query, keep_blank_values=True),
+            body,
+            content_type,
+            self.headers.get("User-Agent") or "",
+        )
+        response = self._respond(call, route)
+        # Logged before the answer is written: once a client has its answer, the request
+        # is in the log (a test may read or clear the log right after the call).
+        fake.log.add(
+            RequestRecord(
+                seq=seq,
+                method=self.command,
+                path=url.path,
+                query=url.query,
+                content_type=content_type,
+                status=response.code,
+                resource=info.resource,
+                namespace=info.namespace,
+                name=info.name,
+                started=started,
+                finished=time.monotonic(),
+            )
+        )
+        self._write(response)
+
+    def _respond(self, call: _Call, route: Route) -> _Response:
+        fake = self.server.fake
+        try:
+            if fake.token is not None and self.headers.get("Authorization") != (
+                f"Bearer {fake.token}"
+            ):
+                raise KubeApiError(401, "Unauthorized", "Unauthorized")
+            fault = fake.faults.take(call.info)
+            # Sleep with no lock held, so slow calls overlap as on a real server.
+            pause = fake.faults.latency_for(call.info) + (fault.delay if fault else 0.0)
+            if pause > 0:
+                self.server.stopping.wait(pause)
+            if fault is not None and fault.status:
+                raise _fault_error(fault)
+            return route(call)
+        except KubeApiError as exc:
+            return _Response(exc.code, exc.status(), exc.headers)
+        except Exception as exc:  # the fake's own bug: still answer like a server
+            error = KubeApiError(500, "InternalError", f"fake API server error: {exc!r}")
+            return _Response(500, error.status(), {})
+
+    def _write(self, response: _Response) -> None:
+        if isinstance(response.body, str):
+            payload, content_type = response.body.encode(), "text/plain; charset=utf-8"
+        else:
+            payload, content_type = json.dumps(response.body).encode(), "application/json"
+        try:
+            self.send_response(response.code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except OSError:
+            # The client gave up (timeout) and closed the connection.
+            self.close_connection = True
+
+
+class FakeKubeServer:
+    """A small Kubernetes API server for tests, reachable through a kubeconfig.
+
+    Serves Namespace, ResourceQuota, LimitRange, ServiceAccount, Role, RoleBinding and
+    NetworkPolicy over the real REST protocol, validates every stored object against the
+    official schemas, and lets a test inject failures and latency and read a log of the
+    requests it served.
+
+    Example:
+        >>> with FakeKubeServer() as kube:
+        ...     api = CoreV1Api(new_client_from_config(kube.write_kubeconfig(tmp / "kc")))
+
+    Args:
+        host: address to bind; loopback by default.
+        port: port to bind; 0 picks a free one (see :attr:`port` after start).
+        token: bearer token the server requires (and the kubeconfig carries); None
+            accepts any request.
+        namespace_deletion_delay: seconds a deleted namespace stays ``Terminating``.
+        latency: seconds added to every resource request (not to discovery).
+        latency_by_resource: per-resource latency, by plural, singular or Kind; overrides
+            ``latency``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = DEFAULT_TOKEN,
+        namespace_deletion_delay: float = 0.2,
+        latency: float = 0.0,
+        latency_by_resource: Mapping[str, float] | None = None,
+    ) -> None:
+        self.token = token
+        self.store = ObjectStore(namespace_deletion_delay=namespace_deletion_delay)
+        self.api = _Api(self.store)
+        self.faults = FaultTable()
+        self.log = RequestLog()
+        self._host = host
+        self._port = port
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.set_latency(latency, **dict(latency_by_resource or {}))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> FakeKubeServer:
+        """Bind and serve in a background thread; returns self."""
+        if self._httpd is not None:
+            raise RuntimeError("the fake API server is already running")
+        warm_up()
+        self._httpd = _HTTPServer((self._host, self._port), self)
+        self._port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fakekube-{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wake any delayed request, and close connections."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        httpd.stopping.set()
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> FakeKubeServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one before :meth:`start`)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://{self._host}:{self._port}"
+
+    def write_kubeconfig(self, path: str | Path, *, context: str = "fakekube") -> Path:
+        """Write a kubeconfig pointing at this server (plain http, bearer token).
+
+        Returns:
+            The path written, accepted by ``kubernetes.config.load_kube_config`` and
+            ``new_client_from_config``.
+        """
+        user: dict[str, Any] = {"token": self.token} if self.token is not None else {}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "users": [{"name": context, "user": user}],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+            "current-context": context,
+            "preferences": {},
+        }
+        target = Path(path)
+        target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return target
+
+    # -- failures and latency -------------------------------------------------------------
+
+    def inject_error(
+        self,
+        status: int,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        kind: str | None = None,
+        times: int | None = 1,
+        message: str = "",
+        reason: str = "",
+        retry_after: int | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
+        """Answer matching requests with ``status`` and a ``Status`` body.
+
+        Args:
+            status: HTTP status (500, 409, 422, 429 ...).
+            method: match this HTTP method only.
+            path: match URL paths where this regular expression is found.
+            kind: match this resource (plural, singular or Kind).
+            times: affect this many requests; None for every matching request.
+            message: ``Status.message``.
+            reason: ``Status.reason``; derived from ``status`` when empty.
+            retry_after: ``Retry-After`` header seconds.
+            delay: seconds to wait before answering.
+
+        Returns:
+            The fault; its ``hits`` counts the requests it affected.
+        """
+        return self.faults.add(
+            Fault(
+                status,
+                method=method,
+                path=path,
+                kind=kind,
+                times=times,
+                delay=delay,
+                message=message,
+                reason=reason,
+                retry_after=retry_after,
+            )
+        )
+
+    def inject_throttle(
+        self,
+        retry_after: int = 1,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        kind: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Answer matching requests with 429 TooManyRequests and ``Retry-After``."""
+        return self.inject_error(
+            429,
+            method=method,
+            path=path,
+            kind=kind,
+            times=times,
+            retry_after=retry_after,
+            message="Too many requests, please try again later.",
+        )
+
+    def inject_delay(
+        self,
+        seconds: float,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        kind: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Hold matching requests for ``seconds``, then serve them normally.
+
+        With ``seconds`` above the client's timeout this is a hung server; the request is
+        still carried out afterwards, like a real write whose answer was lost.
+        """
+        return self.faults.add(
+            Fault(0, method=method, path=path, kind=kind, times=times, delay=seconds)
+        )
+
+    def clear_faults(self) -> None:
+        """Remove every injected error and delay (latency settings are kept)."""
+        self.faults.clear()
+
+    def set_latency(self, default: float | None = None, **per_resource: float) -> None:
+        """Add latency to resource requests, e.g. ``set_latency(0.02, namespaces=0.05)``.
+
+        Args:
+            default: seconds for every resource not named; unchanged when None.
+            **per_resource: seconds per resource, keyed by plural, singular or Kind.
+        """
+        self.faults.set_latency(
+            default, {resolve_type(name).plural: value for name, value in per_resource.items()}
+        )
+
+    def clear_latency(self) -> None:
+        """Remove all added latency."""
+        self.faults.clear_latency()
+
+    # -- request log -------------------------------------------------------------------
+
+    def requests(
+        self, *, method: str | None = None, resource: str | None = None
+    ) -> list[RequestRecord]:
+        """Finished requests in arrival order, optionally filtered.
+
+        Args:
+            method: keep only this HTTP method.
+            resource: keep only this resource (plural, singular or Kind).
+        """
+        plural = resolve_type(resource).plural if resource else None
+        return [
+            r
+            for r in self.log.records()
+            if (method is None or r.method == method.upper())
+            and (plural is None or r.resource == plural)
+        ]
+
+    def clear_requests(self) -> None:
+        """Forget the request log."""
+        self.log.clear()
+
+    # -- direct store access --------------------------------------------------------------
+
+    @property
+    def namespace_deletion_delay(self) -> float:
+        """Seconds a deleted namespace stays ``Terminating``."""
+        return self.store.namespace_deletion_delay
+
+    @namespace_deletion_delay.setter
+    def namespace_deletion_delay(self, seconds: float) -> None:
+        self.store.namespace_deletion_delay = seconds
+
+    def get_object(self, kind: str, name: str, namespace: str | None = None) -> Body | None:
+        """The stored object (a copy) or None, without going through HTTP."""
+        return self.store.peek(resolve_type(kind), namespace, name)
+
+    def delete_object(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Remove an object at once, as if deleted by hand; a namespace takes its contents.
+
+        Returns:
+            Whether the object existed.
+        """
+        return self.store.remove(resolve_type(kind), namespace, name)
+
+    def objects(self) -> list[Body]:
+        """Every stored object."""
+        return self.store.all_objects()
+
+    @staticmethod
+    def served_types() -> tuple[ResourceType, ...]:
+        """The resource types this fake serves."""
+        return resources.RESOURCE_TYPES
