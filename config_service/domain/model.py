@@ -39,6 +39,8 @@ class Mutation:
     expected_revision: int | None = None
     etag: str = ""
     field: str = ""
+    # The request field holding the value: "value" (SetConfig), "set_value" (batch).
+    value_field: str = "value"
     # A delete of a key that is not set: NOT_FOUND (DeleteConfig, batch), or nothing
     # to do (rollback, which only asks for a state).
     missing_ok: bool = False

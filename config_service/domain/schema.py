@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import re2
 
 from config_service.domain.values import ConfigValue, ValueType, check_name, check_value
 from servicekit.errors import FieldViolation
 
 MAX_KEYS = 1000
 MAX_DESCRIPTION_CHARS = 1000
-# Python's `re` accepts more than RE2; refuse what RE2 (used by other clients) refuses.
-_NOT_RE2 = re.compile(r"\\[1-9]|\(\?[=!<]|\(\?P=")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # an invalid pattern is the caller's error, not a log line
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> Any:
+    """The compiled RE2 pattern (RE2 syntax and semantics, as every client gets).
+
+    Raises:
+        re2.error: the pattern is not valid RE2.
+    """
+    return re2.compile(pattern, _RE2_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +51,12 @@ class KeySchema:
                 )
             ]
         violations: list[FieldViolation] = []
+        # Python compares int with float exactly: no float() that would round 2**53 + 1.
+        measure: int | float | None
         if self.type in (ValueType.INT, ValueType.DOUBLE):
-            measure, what = float(value.data), "value"
+            measure, what = value.data, "value"
         elif self.type is ValueType.STRING:
-            measure, what = float(len(value.data)), "length"
+            measure, what = len(value.data), "length"
         else:
             measure, what = None, ""
         if measure is not None:
@@ -58,7 +72,7 @@ class KeySchema:
             violations.append(
                 FieldViolation(field, f"must be one of {', '.join(self.allowed_values)}")
             )
-        if self.pattern and re.fullmatch(self.pattern, value.data) is None:
+        if self.pattern and compile_pattern(self.pattern).fullmatch(value.data) is None:
             violations.append(FieldViolation(field, f"must match the pattern {self.pattern!r}"))
         return violations
 
@@ -142,6 +156,27 @@ class StoredSchema:
     created_at: dt.datetime
     updated_at: dt.datetime
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON, for idempotency records."""
+        return {
+            "service": self.service,
+            "schema": self.schema.to_json(),
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoredSchema:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            service=data["service"],
+            schema=ServiceSchema.from_json(data["schema"]),
+            version=int(data["version"]),
+            created_at=dt.datetime.fromisoformat(data["created_at"]),
+            updated_at=dt.datetime.fromisoformat(data["updated_at"]),
+        )
+
     @property
     def etag(self) -> str:
         """Opaque version of the schema (AIP-154)."""
@@ -156,41 +191,38 @@ def check_schema(schema: ServiceSchema, field: str = "schema") -> list[FieldViol
     seen: set[str] = set()
     for i, key in enumerate(schema.keys):
         at = f"{field}.keys[{i}]"
-        violations += check_name(key.key, f"{at}.key")
+        problems = check_name(key.key, f"{at}.key")
         if key.key in seen:
-            violations.append(FieldViolation(f"{at}.key", "duplicate key"))
+            problems.append(FieldViolation(f"{at}.key", "duplicate key"))
         seen.add(key.key)
         numeric_or_string = key.type in (ValueType.INT, ValueType.DOUBLE, ValueType.STRING)
         for bound in ("minimum", "maximum"):
             if getattr(key, bound) is not None and not numeric_or_string:
-                violations.append(
+                problems.append(
                     FieldViolation(f"{at}.{bound}", "only INT, DOUBLE and STRING keys have bounds")
                 )
         if key.minimum is not None and key.maximum is not None and key.maximum < key.minimum:
-            violations.append(FieldViolation(f"{at}.maximum", "must be >= minimum"))
+            problems.append(FieldViolation(f"{at}.maximum", "must be >= minimum"))
         if key.allowed_values and key.type is not ValueType.STRING:
-            violations.append(FieldViolation(f"{at}.allowed_values", "only STRING keys"))
+            problems.append(FieldViolation(f"{at}.allowed_values", "only STRING keys"))
         if key.pattern:
             if key.type is not ValueType.STRING:
-                violations.append(FieldViolation(f"{at}.pattern", "only STRING keys"))
-            elif _NOT_RE2.search(key.pattern):
-                violations.append(
-                    FieldViolation(f"{at}.pattern", "backreferences and lookaround are not RE2")
-                )
+                problems.append(FieldViolation(f"{at}.pattern", "only STRING keys"))
             else:
                 try:
-                    re.compile(key.pattern)
-                except re.error as exc:
-                    violations.append(FieldViolation(f"{at}.pattern", f"invalid: {exc}"))
+                    compile_pattern(key.pattern)
+                except re2.error as exc:
+                    problems.append(FieldViolation(f"{at}.pattern", f"not valid RE2: {exc}"))
         if len(key.description) > MAX_DESCRIPTION_CHARS:
-            violations.append(
+            problems.append(
                 FieldViolation(f"{at}.description", f"at most {MAX_DESCRIPTION_CHARS} characters")
             )
-        if key.default is not None and not violations:
-            problems = check_value(key.default, f"{at}.default_value") or key.check(
+        if key.default is not None and not problems:
+            # The default must itself pass the key's constraints.
+            problems += check_value(key.default, f"{at}.default_value") or key.check(
                 key.default, f"{at}.default_value"
             )
-            violations += problems
+        violations += problems
     return violations
 
 

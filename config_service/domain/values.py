@@ -136,18 +136,35 @@ def check_name(name: str, field: str) -> list[FieldViolation]:
     return []
 
 
+_NUL = "\x00"
+_NUL_MESSAGE = "must not contain NUL (U+0000) characters"
+
+
 def check_reason(reason: str, field: str = "reason") -> list[FieldViolation]:
-    """A change reason: at most 500 characters."""
+    """A change reason: at most 500 characters, no NUL."""
     if len(reason) > MAX_REASON_CHARS:
         return [FieldViolation(field, f"at most {MAX_REASON_CHARS} characters")]
+    if _NUL in reason:
+        return [FieldViolation(field, _NUL_MESSAGE)]
     return []
+
+
+def _check_text(text: str, field: str) -> list[FieldViolation]:
+    # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front, clearly.
+    return [FieldViolation(field, _NUL_MESSAGE)] if _NUL in text else []
 
 
 def _check_json(data: Any, field: str) -> list[FieldViolation]:
     if isinstance(data, float) and not math.isfinite(data):
         return [FieldViolation(field, "NaN and infinities are not JSON")]
+    if isinstance(data, str):
+        return _check_text(data, field)
     if isinstance(data, Mapping):
-        return [v for key, item in data.items() for v in _check_json(item, f"{field}.{key}")]
+        return [
+            v
+            for key, item in data.items()
+            for v in _check_text(str(key), f"{field}.{key}") + _check_json(item, f"{field}.{key}")
+        ]
     if isinstance(data, list | tuple):
         return [v for i, item in enumerate(data) for v in _check_json(item, f"{field}[{i}]")]
     return []
@@ -158,6 +175,8 @@ def _check_subjects(subjects: Sequence[str], field: str) -> list[FieldViolation]
         return [FieldViolation(field, f"at most {MAX_LIST_ITEMS} subjects")]
     if any(not s for s in subjects):
         return [FieldViolation(field, "subjects must not be empty")]
+    if any(_NUL in s for s in subjects):
+        return [FieldViolation(field, _NUL_MESSAGE)]
     return []
 
 
@@ -175,6 +194,7 @@ def _check_flag(flag: FeatureFlag, field: str) -> list[FieldViolation]:
             violations.append(FieldViolation(f"{field}.variants[{i}].name", "duplicate name"))
         names.add(variant.name)
         violations += _check_json(variant.value, f"{field}.variants[{i}].value")
+    violations += _check_text(flag.salt, f"{field}.salt")
     if flag.default_variant and flag.default_variant not in names:
         violations.append(
             FieldViolation(f"{field}.default_variant", "must name one of the variants")
@@ -182,19 +202,37 @@ def _check_flag(flag: FeatureFlag, field: str) -> list[FieldViolation]:
     return violations
 
 
+# The request field of each value type: violations name the oneof case they are in.
+ONEOF_FIELDS = {
+    ValueType.STRING: "string_value",
+    ValueType.INT: "int_value",
+    ValueType.DOUBLE: "double_value",
+    ValueType.BOOL: "bool_value",
+    ValueType.JSON: "json_value",
+    ValueType.FEATURE_FLAG: "flag_value",
+}
+
+
 def check_value(value: ConfigValue | None, field: str = "value") -> list[FieldViolation]:
-    """Checks a value on its own (its schema is checked separately)."""
+    """Checks a value on its own (its schema is checked separately).
+
+    ``field`` is the request field holding the ``Value``; violations name the field
+    inside it, e.g. ``value.flag_value.rollout_percent``.
+    """
     if value is None:
         return [FieldViolation(field, "required: set one of the value kinds")]
+    at = f"{field}.{ONEOF_FIELDS[value.type]}"
     violations: list[FieldViolation] = []
+    if value.type is ValueType.STRING:
+        violations += _check_text(value.data, at)
     if value.type is ValueType.INT and not INT64_MIN <= value.data <= INT64_MAX:
-        violations.append(FieldViolation(field, "out of the int64 range"))
+        violations.append(FieldViolation(at, "out of the int64 range"))
     if value.type is ValueType.DOUBLE and not math.isfinite(value.data):
-        violations.append(FieldViolation(field, "NaN and infinities are not allowed"))
+        violations.append(FieldViolation(at, "NaN and infinities are not allowed"))
     if value.type is ValueType.JSON:
-        violations += _check_json(value.data, field)
+        violations += _check_json(value.data, at)
     if value.type is ValueType.FEATURE_FLAG:
-        violations += _check_flag(value.data, field)
+        violations += _check_flag(value.data, at)
     if not violations and value.encoded_size() > MAX_VALUE_BYTES:
         violations.append(FieldViolation(field, f"larger than {MAX_VALUE_BYTES} bytes"))
     return violations

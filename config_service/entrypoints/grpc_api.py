@@ -130,7 +130,14 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
                 if expected < 0:
                     violations.append(FieldViolation(f"{at}expected_revision", "negative"))
             mutations.append(
-                Mutation(proto.service, proto.key, value, expected_revision=expected, field=at)
+                Mutation(
+                    proto.service,
+                    proto.key,
+                    value,
+                    expected_revision=expected,
+                    field=at,
+                    value_field="set_value",
+                )
             )
         _raise_if(violations)
         commit = await self._writer.apply(
@@ -140,9 +147,12 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             reason=request.reason,
             request=_request_key("BatchSetConfig", request),
         )
+        # History keeps (service, key) order; the answer follows the request's order.
+        position = {(m.service, m.key): i for i, m in enumerate(mutations)}
+        changes = sorted(commit.changes, key=lambda c: position[(c.service, c.key)])
         return config_pb2.BatchSetConfigResponse(
             revision=commit.revision,
-            changes=[convert.change_to_proto(request.organization, c) for c in commit.changes],
+            changes=[convert.change_to_proto(request.organization, c) for c in changes],
         )
 
     async def GetConfig(
@@ -219,6 +229,8 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             violations += check_name(request.service, "service")
         if request.key:
             violations += check_name(request.key, "key")
+            if not request.service:
+                violations.append(FieldViolation("service", "required when key is given"))
         if request.start_revision < 0:
             violations.append(FieldViolation("start_revision", "must not be negative"))
         if request.end_revision < 0:
@@ -298,6 +310,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             schema.service,
             convert.schema_from_proto(schema),
             expected_etag=schema.etag,
+            request=_request_key("SetConfigSchema", request),
         )
         return convert.schema_to_proto(schema.organization, stored)
 

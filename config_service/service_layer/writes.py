@@ -207,7 +207,9 @@ class ConfigWriter:
                 continue
             schema = schemas.get(m.service)
             if schema is not None:
-                violations += schema.check(m.key, m.value, f"{m.field}value", f"{m.field}key")
+                violations += schema.check(
+                    m.key, m.value, f"{m.field}{m.value_field}", f"{m.field}key"
+                )
         if violations:
             raise InvalidArgument(
                 "the write breaks the service's schema: "
@@ -260,6 +262,7 @@ class ConfigWriter:
         schema: ServiceSchema,
         *,
         expected_etag: str,
+        request: RequestKey | None = None,
     ) -> StoredSchema:
         """Registers or replaces a service's schema; does not create a revision.
 
@@ -277,6 +280,16 @@ class ConfigWriter:
             )
         async with self._store.transaction(organization) as conn:
             stored = await pg.load_schema(conn, organization, service, lock=True)
+            if request is not None:
+                # A retry returns the first attempt's schema (AIP-155), even though its
+                # etag condition no longer holds.
+                found = await pg.find_request(conn, organization, request.request_id)
+                if found is not None:
+                    if found[:2] != (request.method, request.fingerprint):
+                        raise InvalidArgument.field(
+                            "request_id", "already used for a different request; use a new UUID"
+                        )
+                    return StoredSchema.from_json(found[2])
             if expected_etag and (stored is None or stored.etag != expected_etag):
                 raise Aborted(
                     f"the schema of {service!r} has changed (etag mismatch); read it again",
@@ -293,7 +306,17 @@ class ConfigWriter:
                     violations=broken,
                     reason="SCHEMA_VIOLATION",
                 )
-            return await pg.upsert_schema(conn, organization, service, schema)
+            stored = await pg.upsert_schema(conn, organization, service, schema)
+            if request is not None:
+                await pg.save_request(
+                    conn,
+                    organization,
+                    request.request_id,
+                    request.method,
+                    request.fingerprint,
+                    stored.to_json(),
+                )
+            return stored
 
     async def delete_schema(self, organization: str, service: str, *, expected_etag: str) -> None:
         """Removes a service's schema; its values stay.
