@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 
 Response = config_pb2.WatchConfigResponse
