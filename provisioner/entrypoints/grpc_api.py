@@ -1,13 +1,234 @@
-"""The ProvisionerService servicer.
-
-RPCs not built yet are inherited from the generated base class; the shared call path
-(:mod:`servicekit.rpc`) answers them with ``UNIMPLEMENTED`` and names the method.
-"""
+"""The ProvisionerService servicer: checks the caller and the request, calls the use
+cases, answers in protobuf. Domain errors become ``google.rpc.Status`` in the shared
+call path (:mod:`servicekit.rpc`)."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from typing import Any
+
+from agentready.provisioner.v1 import provisioner_pb2 as pb
 from agentready.provisioner.v1 import provisioner_service_pb2_grpc
+from google.protobuf import message
+
+from provisioner.domain.checks import (
+    check_labels,
+    check_organization,
+    check_owners,
+    check_quantity,
+    check_reason,
+)
+from provisioner.domain.model import QUOTA_FIELDS, Quota
+from provisioner.entrypoints import convert
+from provisioner.service_layer.tenants import RequestKey, Tenants
+from servicekit.errors import FieldViolation, InvalidArgument, PermissionDenied
+from servicekit.pagination import decode_token, encode_token, page_size
+from servicekit.rpc import current_principal
+
+READ, WRITE = "provisioner:read", "provisioner:write"
+DEFAULT_PAGE_SIZE = 50
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field}: {v.description}" for v in violations), violations=violations
+        )
+
+
+def _authorize(organization: str, scope: str) -> str:
+    """The caller's subject, after checking it acts in ``organization`` with ``scope``."""
+    principal = current_principal()
+    principal.require(organization, scope)
+    return principal.subject
+
+
+def _authorize_operator(scope: str) -> str:
+    """Calls spanning organizations: a token scoped to no organization, with ``scope``."""
+    principal = current_principal()
+    if principal.organization is not None:
+        raise PermissionDenied(
+            "listing environments needs an operator token that is not scoped to one "
+            f"organization (this one is scoped to {principal.organization!r})",
+            reason="WRONG_ORGANIZATION",
+            metadata={"organization": principal.organization},
+        )
+    if scope not in principal.scopes:
+        raise PermissionDenied(
+            f"the token lacks the scope {scope!r}",
+            reason="MISSING_SCOPE",
+            metadata={"scope": scope},
+        )
+    return principal.subject
+
+
+def _request_key(method: str, request: Any) -> RequestKey | None:
+    """The idempotency key of a write (AIP-155), or None without a request id."""
+    request_id: str = request.request_id
+    if not request_id:
+        return None
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        raise InvalidArgument.field("request_id", "must be a UUID") from None
+    body: message.Message = type(request)()
+    body.CopyFrom(request)
+    body.ClearField("request_id")
+    digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+    return RequestKey(request_id, method, digest)
+
+
+def _check_request_id(request_id: str) -> list[FieldViolation]:
+    if not request_id:
+        return []
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        return [FieldViolation("request_id", "must be a UUID")]
+    return []
+
+
+def _quota_violations(
+    quota: pb.Quota, fields: tuple[str, ...] = QUOTA_FIELDS
+) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    for name in fields:
+        out += check_quantity(getattr(quota, name), f"quota.{name}")
+    return out
 
 
 class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerServiceServicer):
     """ProvisionerService over gRPC."""
+
+    def __init__(self, tenants: Tenants) -> None:
+        self._tenants = tenants
+
+    async def ProvisionTenant(
+        self, request: pb.ProvisionTenantRequest, context: Any
+    ) -> pb.TenantEnvironment:
+        actor = _authorize(request.organization, WRITE)
+        labels = dict(request.labels)
+        _raise_if(
+            check_organization(request.organization)
+            + check_owners(list(request.owners))
+            + _quota_violations(request.quota)
+            + check_labels(labels)
+            + _check_request_id(request.request_id)
+        )
+        owners = list(dict.fromkeys(request.owners))  # duplicates bind once
+        quota = Quota.with_defaults(request.quota.cpu, request.quota.memory, request.quota.storage)
+        env = await self._tenants.provision(
+            request.organization,
+            owners=owners,
+            quota=quota,
+            labels=labels,
+            actor=actor,
+            request=_request_key("ProvisionTenant", request),
+        )
+        return convert.environment_to_proto(env)
+
+    async def GetTenantEnvironment(
+        self, request: pb.GetTenantEnvironmentRequest, context: Any
+    ) -> pb.TenantEnvironment:
+        _authorize(request.organization, READ)
+        _raise_if(check_organization(request.organization))
+        return convert.environment_to_proto(await self._tenants.get(request.organization))
+
+    async def ListTenantEnvironments(
+        self, request: pb.ListTenantEnvironmentsRequest, context: Any
+    ) -> pb.ListTenantEnvironmentsResponse:
+        _authorize_operator(READ)
+        if request.state != pb.TenantEnvironment.STATE_UNSPECIFIED and (
+            request.state not in convert.STATES_BY_PROTO
+        ):
+            raise InvalidArgument.field("state", "not a known state")
+        limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
+        binding = [int(request.state), request.page_size]
+        after = decode_token(request.page_token, request=binding) or ""
+        envs = await self._tenants.list_environments(
+            state=convert.STATES_BY_PROTO.get(request.state), after=str(after), limit=limit + 1
+        )
+        more = len(envs) > limit
+        envs = envs[:limit]
+        return pb.ListTenantEnvironmentsResponse(
+            tenant_environments=[convert.environment_to_proto(e) for e in envs],
+            next_page_token=encode_token(envs[-1].organization, request=binding) if more else "",
+        )
+
+    async def UpdateTenantQuota(
+        self, request: pb.UpdateTenantQuotaRequest, context: Any
+    ) -> pb.TenantEnvironment:
+        actor = _authorize(request.organization, WRITE)
+        violations = check_organization(request.organization) + check_reason(request.reason)
+        violations += _check_request_id(request.request_id)
+        paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
+        fields: tuple[str, ...]
+        if not paths:
+            fields = tuple(f for f in QUOTA_FIELDS if getattr(request.quota, f))
+            if not fields:
+                violations.append(
+                    FieldViolation("quota", "give at least one of cpu, memory, storage")
+                )
+        elif paths == ["*"]:
+            fields = QUOTA_FIELDS
+        else:
+            unknown = [p for p in paths if p not in QUOTA_FIELDS]
+            if unknown:
+                violations.append(
+                    FieldViolation(
+                        "update_mask",
+                        f"unknown paths {unknown}; use cpu, memory, storage or '*'",
+                    )
+                )
+            fields = tuple(p for p in QUOTA_FIELDS if p in paths)
+        violations += _quota_violations(request.quota, fields)
+        _raise_if(violations)
+        env = await self._tenants.update_quota(
+            request.organization,
+            fields={f: getattr(request.quota, f) for f in fields},
+            etag=request.etag,
+            actor=actor,
+            reason=request.reason,
+            request=_request_key("UpdateTenantQuota", request),
+        )
+        return convert.environment_to_proto(env)
+
+    async def ListQuotaHistory(
+        self, request: pb.ListQuotaHistoryRequest, context: Any
+    ) -> pb.ListQuotaHistoryResponse:
+        _authorize(request.organization, READ)
+        _raise_if(check_organization(request.organization))
+        limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
+        binding = [request.organization, request.page_size]
+        after = decode_token(request.page_token, request=binding) or 0
+        if not isinstance(after, int):
+            raise InvalidArgument.field("page_token", "not a page token of this API")
+        changes = await self._tenants.quota_history(
+            request.organization, after=after, limit=limit + 1
+        )
+        more = len(changes) > limit
+        changes = changes[:limit]
+        return pb.ListQuotaHistoryResponse(
+            quota_history_entries=[convert.quota_change_to_proto(c) for c in changes],
+            next_page_token=encode_token(changes[-1].seq, request=binding) if more else "",
+        )
+
+    async def DeprovisionTenant(
+        self, request: pb.DeprovisionTenantRequest, context: Any
+    ) -> pb.TenantEnvironment:
+        _authorize(request.organization, WRITE)
+        _raise_if(check_organization(request.organization) + _check_request_id(request.request_id))
+        env = await self._tenants.deprovision(
+            request.organization,
+            etag=request.etag,
+            request=_request_key("DeprovisionTenant", request),
+        )
+        return convert.environment_to_proto(env)
+
+    async def ReconcileTenant(
+        self, request: pb.ReconcileTenantRequest, context: Any
+    ) -> pb.TenantEnvironment:
+        _authorize(request.organization, WRITE)
+        _raise_if(check_organization(request.organization))
+        return convert.environment_to_proto(await self._tenants.reconcile(request.organization))

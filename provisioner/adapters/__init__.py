@@ -1,0 +1,1 @@
+"""Adapters: PostgreSQL (desired state, status, history), Kubernetes and GitOps backends."""

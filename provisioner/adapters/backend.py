@@ -1,0 +1,60 @@
+"""The one interface every backend implements: apply, observe, revoke, delete, gone.
+
+Each method is idempotent, so the service layer can retry any of them and a crash
+between two of them leaves nothing the next reconcile cannot finish.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from provisioner.domain.model import ApplyReport, BackendKind, Observation, TenantSpec
+
+
+class Backend(abc.ABC):
+    """Where a tenant's objects are written (a cluster, or a GitOps folder)."""
+
+    kind: BackendKind
+
+    @abc.abstractmethod
+    async def apply(self, spec: TenantSpec) -> ApplyReport:
+        """Makes the environment match ``spec``: the namespace first, then the guard
+        objects, then (only when every guard object exists) the isolation-ready label.
+
+        Failures are reported per object in the report, never raised.
+        """
+
+    @abc.abstractmethod
+    async def observe(self, spec: TenantSpec) -> Observation | None:
+        """What is there now (namespace phase, quota hard and used); ``None`` when it
+        cannot be seen right now."""
+
+    @abc.abstractmethod
+    async def revoke(self, spec: TenantSpec) -> None:
+        """First step of deprovisioning: drops the isolation-ready label and the
+        owners' binding, and denies all traffic.
+
+        Raises:
+            BackendError: a step failed; nothing is left half-revoked that a retry
+                would not finish.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, spec: TenantSpec) -> None:
+        """Starts removing the namespace (and with it everything in it).
+
+        Raises:
+            BackendError: the removal could not be started.
+        """
+
+    @abc.abstractmethod
+    async def gone(self, spec: TenantSpec) -> bool:
+        """Whether the namespace no longer exists.
+
+        Raises:
+            BackendError: it cannot be told right now.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Releases connections and threads."""

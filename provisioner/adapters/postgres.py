@@ -1,0 +1,303 @@
+"""The ``provisioner`` schema: environments, quota history, request ids.
+
+Organization-scoped functions take a connection inside :func:`org_transaction`; the
+few that span organizations say so. Connections are passed in (not taken from the
+pool here) so that a reconcile can hold its tenant lock and do its queries on one
+connection, and can never starve the pool waiting for a second one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+
+from provisioner.domain.model import (
+    BackendKind,
+    Condition,
+    Environment,
+    Observation,
+    Quota,
+    QuotaChange,
+    State,
+)
+
+# The role organization-scoped work runs as: row-level security applies to it.
+TENANT_ROLE = "agentready_provisioner"
+# First half of the two-key advisory locks that serialize work on one tenant.
+_TENANT_LOCK_CLASS = int.from_bytes(
+    hashlib.sha256(b"agentready:provisioner:tenant").digest()[:4], "big", signed=True
+)
+
+_COLUMNS = (
+    "organization, owners, quota, labels, generation, state, backend, observed_generation, "
+    "conditions, observed, last_error, deletion_progress, failures, next_reconcile_at, "
+    "version, created_at, updated_at, reconciled_at"
+)
+
+
+@contextlib.asynccontextmanager
+async def org_transaction(
+    conn: asyncpg.Connection, organization: str, *, readonly: bool = False
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``conn`` in which row-level security sees only ``organization``."""
+    async with conn.transaction(readonly=readonly):
+        await conn.execute(
+            "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true)",
+            TENANT_ROLE,
+            organization,
+        )
+        yield conn
+
+
+def tenant_lock_key(organization: str) -> tuple[int, int]:
+    """The advisory lock (class, object) of one tenant."""
+    digest = hashlib.sha256(organization.encode()).digest()
+    return _TENANT_LOCK_CLASS, int.from_bytes(digest[:4], "big", signed=True)
+
+
+def environment(row: asyncpg.Record) -> Environment:
+    """A row of ``environments`` as the domain sees it."""
+    return Environment(
+        organization=row["organization"],
+        owners=tuple(row["owners"]),
+        quota=Quota.from_json(row["quota"]),
+        labels=dict(row["labels"]),
+        state=State(row["state"]),
+        backend=BackendKind(row["backend"]),
+        generation=int(row["generation"]),
+        observed_generation=int(row["observed_generation"]),
+        version=int(row["version"]),
+        conditions=tuple(Condition.from_json(c) for c in row["conditions"]),
+        observation=Observation.from_json(row["observed"]),
+        last_error=row["last_error"],
+        failures=int(row["failures"]),
+        create_time=row["created_at"],
+        update_time=row["updated_at"],
+        last_reconcile_time=row["reconciled_at"],
+        deletion_progress=row["deletion_progress"],
+        next_reconcile_at=row["next_reconcile_at"],
+    )
+
+
+async def load(
+    conn: asyncpg.Connection, organization: str, *, for_update: bool = False
+) -> Environment | None:
+    """The environment of ``organization``, or None; ``for_update`` locks its row."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM provisioner.environments WHERE organization = $1"  # noqa: S608
+        + (" FOR UPDATE" if for_update else ""),
+        organization,
+    )
+    return environment(row) if row else None
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    organization: str,
+    *,
+    owners: Sequence[str],
+    quota: Quota,
+    labels: dict[str, str],
+    backend: BackendKind,
+    conditions: Sequence[Condition],
+    due_in: float,
+) -> None:
+    """A new environment, PROVISIONING, due for reconciliation in ``due_in`` seconds
+    (the caller converges it at once; the loop steps in only if that never finishes)."""
+    await conn.execute(
+        "INSERT INTO provisioner.environments "
+        "(organization, owners, quota, labels, state, backend, conditions, next_reconcile_at) "
+        "VALUES ($1, $2, $3, $4, 'PROVISIONING', $5, $6, now() + make_interval(secs => $7))",
+        organization,
+        list(owners),
+        quota.to_json(),
+        labels,
+        backend.value,
+        [c.to_json() for c in conditions],
+        due_in,
+    )
+
+
+async def update_spec(
+    conn: asyncpg.Connection,
+    organization: str,
+    *,
+    owners: Sequence[str] | None = None,
+    quota: Quota | None = None,
+    labels: dict[str, str] | None = None,
+    due_in: float,
+) -> None:
+    """Changes the desired spec: a new generation and version, due in ``due_in`` s."""
+    await conn.execute(
+        "UPDATE provisioner.environments SET "
+        "owners = COALESCE($2, owners), quota = COALESCE($3, quota), "
+        "labels = COALESCE($4, labels), generation = generation + 1, version = version + 1, "
+        "updated_at = now(), next_reconcile_at = now() + make_interval(secs => $5) "
+        "WHERE organization = $1",
+        organization,
+        list(owners) if owners is not None else None,
+        quota.to_json() if quota is not None else None,
+        labels,
+        due_in,
+    )
+
+
+async def record_status(
+    conn: asyncpg.Connection,
+    organization: str,
+    *,
+    state: State,
+    backend: BackendKind,
+    observed_generation: int,
+    conditions: Sequence[Condition],
+    observation: Observation,
+    last_error: str,
+    failures: int,
+    next_reconcile_at: dt.datetime,
+    deletion_progress: str,
+    changed: bool,
+) -> None:
+    """Writes a reconcile's outcome; the version (etag) moves only when ``changed``."""
+    await conn.execute(
+        "UPDATE provisioner.environments SET "
+        "state = $2, backend = $3, observed_generation = $4, conditions = $5, observed = $6, "
+        "last_error = $7, failures = $8, next_reconcile_at = $9, deletion_progress = $10, "
+        "reconciled_at = now(), "
+        "version = version + CASE WHEN $11 THEN 1 ELSE 0 END, "
+        "updated_at = CASE WHEN $11 THEN now() ELSE updated_at END "
+        "WHERE organization = $1",
+        organization,
+        state.value,
+        backend.value,
+        observed_generation,
+        [c.to_json() for c in conditions],
+        observation.to_json(),
+        last_error,
+        failures,
+        next_reconcile_at,
+        deletion_progress,
+        changed,
+    )
+
+
+async def start_deletion(conn: asyncpg.Connection, organization: str, *, due_in: float) -> None:
+    """DELETING, due for reconciliation in ``due_in`` seconds."""
+    await conn.execute(
+        "UPDATE provisioner.environments SET state = 'DELETING', version = version + 1, "
+        "updated_at = now(), next_reconcile_at = now() + make_interval(secs => $2), "
+        "failures = 0 WHERE organization = $1",
+        organization,
+        due_in,
+    )
+
+
+async def add_quota_change(
+    conn: asyncpg.Connection,
+    organization: str,
+    *,
+    old: Quota | None,
+    new: Quota,
+    actor: str,
+    reason: str,
+    request_id: str,
+) -> None:
+    """Appends to the quota history (call with the environment's row locked)."""
+    await conn.execute(
+        "INSERT INTO provisioner.quota_history "
+        "(organization, seq, old_quota, new_quota, actor, reason, request_id) "
+        "SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6 "
+        "FROM provisioner.quota_history WHERE organization = $1",
+        organization,
+        old.to_json() if old is not None else None,
+        new.to_json(),
+        actor,
+        reason,
+        request_id,
+    )
+
+
+async def quota_history(
+    conn: asyncpg.Connection, organization: str, *, after: int, limit: int
+) -> list[QuotaChange]:
+    """Quota changes after sequence number ``after``, oldest first."""
+    rows = await conn.fetch(
+        "SELECT organization, seq, old_quota, new_quota, actor, reason, request_id, created_at "
+        "FROM provisioner.quota_history WHERE organization = $1 AND seq > $2 "
+        "ORDER BY seq LIMIT $3",
+        organization,
+        after,
+        limit,
+    )
+    return [
+        QuotaChange(
+            organization=r["organization"],
+            seq=int(r["seq"]),
+            old_quota=Quota.from_json(r["old_quota"]) if r["old_quota"] is not None else None,
+            new_quota=Quota.from_json(r["new_quota"]),
+            actor=r["actor"],
+            reason=r["reason"],
+            request_id=r["request_id"],
+            create_time=r["created_at"],
+        )
+        for r in rows
+    ]
+
+
+async def find_request(
+    conn: asyncpg.Connection, organization: str, request_id: str
+) -> tuple[str, str] | None:
+    """(method, fingerprint) of an earlier request with this id, if any."""
+    row = await conn.fetchrow(
+        "SELECT method, fingerprint FROM provisioner.requests "
+        "WHERE organization = $1 AND request_id = $2",
+        organization,
+        request_id,
+    )
+    return (row["method"], row["fingerprint"]) if row else None
+
+
+async def save_request(
+    conn: asyncpg.Connection, organization: str, request_id: str, method: str, fingerprint: str
+) -> None:
+    """Records a request id, in the transaction that acted on it."""
+    await conn.execute(
+        "INSERT INTO provisioner.requests (organization, request_id, method, fingerprint) "
+        "VALUES ($1, $2, $3, $4)",
+        organization,
+        request_id,
+        method,
+        fingerprint,
+    )
+
+
+# -- across organizations --------------------------------------------------------------
+
+
+async def list_environments(
+    conn: asyncpg.Connection, *, state: State | None, after: str, limit: int
+) -> list[Environment]:
+    """Environments ordered by organization, after ``after`` (across organizations)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM provisioner.environments "  # noqa: S608
+        "WHERE organization > $1 AND ($2::text IS NULL OR state = $2) "
+        "ORDER BY organization LIMIT $3",
+        after,
+        state.value if state is not None else None,
+        limit,
+    )
+    return [environment(r) for r in rows]
+
+
+async def due(conn: asyncpg.Connection, *, limit: int) -> list[str]:
+    """Organizations whose next reconcile time has come (across organizations)."""
+    rows = await conn.fetch(
+        "SELECT organization FROM provisioner.environments "
+        "WHERE state <> 'DELETED' AND next_reconcile_at <= now() "
+        "ORDER BY next_reconcile_at LIMIT $1",
+        limit,
+    )
+    return [r["organization"] for r in rows]

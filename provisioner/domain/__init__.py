@@ -1,0 +1,1 @@
+"""The Provisioner's domain: tenant specs, quantities, manifests, states. No gRPC, no SQL."""

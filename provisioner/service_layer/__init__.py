@@ -1,0 +1,1 @@
+"""Use cases: provisioning, quota changes, deprovisioning, reconciliation, leadership."""
