@@ -271,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
             **backing,
             "JWT_JWKS_FILE": os.environ.get("JWT_JWKS_FILE", str(jwks_path)),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
+            "PROVISIONER_GITOPS_DIR": os.environ.get(
+                "PROVISIONER_GITOPS_DIR", str(folder / "gitops")
+            ),
             "PYTHONUNBUFFERED": "1",
         }
         try:

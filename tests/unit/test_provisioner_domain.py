@@ -1,0 +1,162 @@
+"""The Provisioner's pure parts: quantities, input checks, conditions, error
+classification, backoff and the choice of backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from provisioner.adapters.kubernetes import classify
+from provisioner.app import SETTINGS, choose_backend
+from provisioner.domain.checks import check_labels, check_organization, check_owners
+from provisioner.domain.model import (
+    ApplyReport,
+    BackendError,
+    ConditionStatus,
+    ConditionType,
+    Quota,
+    StepResult,
+    conditions_after,
+    unknown_conditions,
+)
+from provisioner.domain.quantity import QuantityError, parse_quantity
+from provisioner.service_layer.tenants import Timing, same_quota
+from servicekit.errors import SettingsError
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("10", Decimal(10)),
+        ("500m", Decimal("0.5")),
+        ("20Gi", Decimal(20 * 2**30)),
+        ("1.5G", Decimal("1.5e9")),
+        ("1e3", Decimal(1000)),
+        ("0", Decimal(0)),
+        (".5", Decimal("0.5")),
+    ],
+)
+def test_quantities_parse_like_kubernetes(text: str, value: Decimal) -> None:
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "ten", "-1", "20GB", "1.5.2", "1e999", "Gi", "1 Gi", "0x1"])
+def test_bad_quantities_are_refused(text: str) -> None:
+    with pytest.raises(QuantityError):
+        parse_quantity(text)
+
+
+def test_quotas_compare_by_value() -> None:
+    assert same_quota(Quota(cpu="1", memory="1024Mi"), Quota(cpu="1000m", memory="1Gi"))
+    assert not same_quota(Quota(cpu="1"), Quota(cpu="2"))
+
+
+def test_input_checks_name_the_field() -> None:
+    assert check_organization("acme") == []
+    assert [v.field for v in check_organization("-acme")] == ["organization"]
+    assert [v.field for v in check_owners([])] == ["owners"]
+    assert [v.field for v in check_owners(["ok", " padded"])] == ["owners[1]"]
+    assert check_labels({"team": "ml", "example.com/tier": "gold", "empty": ""}) == []
+    bad = check_labels(
+        {
+            "agentready.io/isolation-ready": "false",
+            "app.kubernetes.io/managed-by": "me",
+            "x.kubernetes.io/a": "b",
+            "-bad": "v",
+            "ok": "bad value",
+        }
+    )
+    assert {v.field for v in bad} == {
+        "labels[agentready.io/isolation-ready]",
+        "labels[app.kubernetes.io/managed-by]",
+        "labels[x.kubernetes.io/a]",
+        "labels[-bad]",
+        "labels[ok]",
+    }
+    assert [v.field for v in check_labels({f"k{i}": "v" for i in range(33)})] == ["labels"]
+
+
+def test_conditions_move_their_transition_time_only_on_change() -> None:
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    t1 = t0 + dt.timedelta(minutes=5)
+    ok = ApplyReport([StepResult(kind) for kind in ConditionType])
+    first = conditions_after(ok, unknown_conditions(), t0)
+    assert {c.status for c in first} == {ConditionStatus.TRUE}
+    assert conditions_after(ok, first, t1) == first
+    broken = BackendError("denied", temporary=False, reason="Forbidden")
+    failing = ApplyReport(
+        [StepResult(k, broken if k is ConditionType.RBAC else None) for k in ConditionType]
+    )
+    after = {c.type: c for c in conditions_after(failing, first, t1)}
+    assert (after[ConditionType.RBAC].status, after[ConditionType.RBAC].reason) == (
+        ConditionStatus.FALSE,
+        "Forbidden",
+    )
+    assert after[ConditionType.RBAC].last_transition_time == t1
+    assert after[ConditionType.QUOTA].last_transition_time == t0
+
+
+def api_error(status: int, reason: str = "", headers: dict[str, str] | None = None) -> ApiException:
+    exc = ApiException(status=status, reason=reason)
+    exc.body = f'{{"kind": "Status", "reason": "{reason}", "message": "m"}}'
+    exc.headers = headers or {}
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "temporary", "reason"),
+    [
+        (api_error(500, "InternalError"), True, "InternalError"),
+        (api_error(503, "ServiceUnavailable"), True, "ServiceUnavailable"),
+        (api_error(429, "TooManyRequests", {"Retry-After": "2"}), True, "TooManyRequests"),
+        (api_error(409, "Conflict"), True, "Conflict"),
+        (api_error(403, "Forbidden"), False, "Forbidden"),
+        (api_error(422, "Invalid"), False, "Invalid"),
+        (api_error(401, "Unauthorized"), False, "Unauthorized"),
+        (
+            urllib3.exceptions.ReadTimeoutError(cast(Any, None), "/", "read timed out"),
+            True,
+            "Timeout",
+        ),
+        (ConnectionRefusedError("refused"), True, "Unreachable"),
+    ],
+)
+def test_errors_are_told_apart(exc: Exception, temporary: bool, reason: str) -> None:
+    error = classify(exc)
+    assert (error.temporary, error.reason) == (temporary, reason)
+
+
+def test_retry_after_is_kept() -> None:
+    assert classify(api_error(429, "TooManyRequests", {"Retry-After": "2"})).retry_after == 2.0
+
+
+def test_backoff_doubles_up_to_the_cap_and_permanent_errors_wait_longest() -> None:
+    timing = Timing(interval=30, backoff_base=1, backoff_max=60)
+    delays = [timing.retry_delay(n, temporary=True) for n in range(1, 9)]
+    assert 0.8 <= delays[0] <= 1.0
+    assert 3.2 <= delays[2] <= 4.0
+    assert max(delays) <= 60
+    assert timing.retry_delay(1, temporary=False) == 60
+
+
+def test_the_backend_is_chosen_from_the_settings(tmp_path: Path) -> None:
+    defaults = {name: s.default for name, s in SETTINGS.items()}
+    assert choose_backend(defaults) == "gitops"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("{}")
+    assert choose_backend({**defaults, "KUBECONFIG": str(kubeconfig)}) == "kubernetes"
+    assert choose_backend({**defaults, "KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "kubernetes"
+    gitops = {**defaults, "KUBECONFIG": str(kubeconfig), "PROVISIONER_BACKEND": "gitops"}
+    assert choose_backend(gitops) == "gitops"
+    with pytest.raises(SettingsError, match="PROVISIONER_BACKEND"):
+        choose_backend({**defaults, "PROVISIONER_BACKEND": "helm"})
+    with pytest.raises(SettingsError, match="KUBECONFIG"):
+        choose_backend({**defaults, "PROVISIONER_BACKEND": "kubernetes"})
+    with pytest.raises(SettingsError, match="no such file"):
+        choose_backend({**defaults, "KUBECONFIG": str(tmp_path / "missing")})
