@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -35,6 +36,7 @@ from servicekit.errors import PermissionDenied, Unauthenticated
 
 ALGORITHM = "EdDSA"
 CLOCK_SKEW_SECONDS = 30
+VERIFIED_CACHE_SIZE = 10_000
 
 # What each role may do, as scopes. A token carries the scopes of its role at minting
 # time; service-account tokens carry exactly the scopes their key was created with.
@@ -270,6 +272,9 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._is_revoked = is_revoked
+        # Verified tokens, so a client's every call does not pay for the signature
+        # check again; expiry and revocation are still checked on every call.
+        self._verified: collections.OrderedDict[str, Principal] = collections.OrderedDict()
 
     async def verify(self, token: str) -> Principal:
         """Checks signature, key id, issuer, audience, expiry, type and revocation.
@@ -277,6 +282,20 @@ class TokenVerifier:
         Raises:
             Unauthenticated: the token is unusable; the message says why.
         """
+        principal = self._verified.get(token)
+        if principal is None:
+            principal = await self._verify_signature(token)
+            self._verified[token] = principal
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        elif principal.expires_at.timestamp() + CLOCK_SKEW_SECONDS < time.time():
+            del self._verified[token]
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        if self._is_revoked is not None and await self._is_revoked(principal.token_id):
+            raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
+        return principal
+
+    async def _verify_signature(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -308,8 +327,6 @@ class TokenVerifier:
             raise Unauthenticated(f"invalid token: {exc}", reason="TOKEN_INVALID") from None
         if claims.get("typ") != "access":
             raise Unauthenticated("not an access token", reason="TOKEN_WRONG_TYPE")
-        if self._is_revoked is not None and await self._is_revoked(claims["jti"]):
-            raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
         scope = claims.get("scope", "")
         return Principal(
             subject=str(claims["sub"]),

@@ -18,6 +18,8 @@ inside the handler:
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import functools
 import inspect
 import logging
 import re
@@ -141,6 +143,24 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
         self.counted = False
+        self.metrics: _MethodMetrics | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _MethodMetrics:
+    started: Any
+    in_flight: Any
+    latency: Any
+
+
+@functools.lru_cache(maxsize=4096)
+def _method_metrics(service: str, method: str, kind: str) -> _MethodMetrics:
+    """The labelled metric children of one method, looked up once."""
+    return _MethodMetrics(
+        RPC_STARTED.labels(service, method, kind),
+        RPC_IN_FLIGHT.labels(service, method),
+        RPC_LATENCY.labels(service, method, kind),
+    )
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -232,10 +252,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method_var.set(call.full_method)
         organization_var.set(None)
         principal_var.set(None)
-        RPC_STARTED.labels(call.service, call.method, call.kind).inc()
-        RPC_IN_FLIGHT.labels(call.service, call.method).inc()
+        call.metrics = _method_metrics(call.service, call.method, call.kind)
+        call.metrics.started.inc()
+        call.metrics.in_flight.inc()
         call.counted = True
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        # Echoed in the trailers: no extra send, and errors carry it too (see _fail).
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         if not call.needs_auth:
             return
         principal = await self._authenticate(metadata.get("authorization"))
@@ -282,14 +304,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             log.warning("%s failed: %s", call.full_method, error.message)
         else:
             log.info("%s answered %s: %s", call.full_method, status.code.name, error.message)
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        trailers = (*status.trailing_metadata, (REQUEST_ID_HEADER, request_id_var.get() or ""))
+        await context.abort(status.code, status.details, trailers)
         raise AssertionError("unreachable: abort() raises")  # pragma: no cover
 
     def _leave(self, call: _Call) -> None:
         if not call.counted:
             return
-        RPC_IN_FLIGHT.labels(call.service, call.method).dec()
+        metrics = call.metrics
+        assert metrics is not None
+        metrics.in_flight.dec()
         RPC_HANDLED.labels(call.service, call.method, call.kind, call.code.name).inc()
-        RPC_LATENCY.labels(call.service, call.method, call.kind).observe(
-            time.perf_counter() - call.started
-        )
+        metrics.latency.observe(time.perf_counter() - call.started)

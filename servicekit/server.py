@@ -250,7 +250,12 @@ def main(spec: ServiceSpec, argv: Iterable[str] | None = None) -> int:
         return 2
     configure_logging(spec.name, level=settings.log_level, fmt=settings.log_format)
     try:
-        asyncio.run(serve(spec, settings))
+        if settings.event_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve(spec, settings))
+        else:
+            asyncio.run(serve(spec, settings))
     except (ConnectionError, OSError, db.MigrationError) as exc:
         print(f"{spec.name}: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from servicekit.errors import SettingsError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,6 +33,7 @@ class Settings:
     metrics_port: int | None
     log_level: str
     log_format: str
+    event_loop: str
     shutdown_grace_seconds: float
     shutdown_drain_seconds: float
     db_pool_min: int
@@ -81,6 +83,7 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("LOG_LEVEL", "INFO", "One of DEBUG, INFO, WARNING, ERROR."),
     ("LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
+    ("EVENT_LOOP", "uvloop", "`uvloop` (faster) or `asyncio` (the standard library's)."),
     ("SHUTDOWN_GRACE_SECONDS", "10", "How long in-flight RPCs may finish after SIGTERM."),
     (
         "SHUTDOWN_DRAIN_SECONDS",
@@ -260,6 +263,7 @@ def load_settings(
         metrics_port=metrics_port,
         log_level=read.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         log_format=read.choice("LOG_FORMAT", "json", LOG_FORMATS, upper=False),
+        event_loop=read.choice("EVENT_LOOP", "uvloop", EVENT_LOOPS, upper=False),
         shutdown_grace_seconds=read.seconds("SHUTDOWN_GRACE_SECONDS", 10.0, hi=3600),
         shutdown_drain_seconds=read.seconds("SHUTDOWN_DRAIN_SECONDS", 0.0, hi=600),
         db_pool_min=pool_min,

@@ -50,10 +50,14 @@ class Notifier:
             while not self._outbox.empty() and len(batch) < 500:
                 batch.append(self._outbox.get_nowait())
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for organization, revision in batch:
-                        pipe.publish(self._prefix + organization, str(revision))
-                    await pipe.execute()
+                if len(batch) == 1:  # the common case: skip the pipeline's set-up
+                    organization, revision = batch[0]
+                    await self._redis.publish(self._prefix + organization, str(revision))
+                else:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for organization, revision in batch:
+                            pipe.publish(self._prefix + organization, str(revision))
+                        await pipe.execute()
             except (RedisError, OSError) as exc:
                 # Subscribers learn of these revisions by polling PostgreSQL.
                 log.debug("dropped %d notifications: %s", len(batch), exc)

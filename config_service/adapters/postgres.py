@@ -5,6 +5,7 @@ work across organizations and say so."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -45,6 +46,13 @@ class ConfigStore:
         ) as conn:
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def write(self, organization: str) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction for a write; call :func:`begin_write` first thing in it (it
+        switches to the tenant role and organization and takes the write lock)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
     async def revisions(self, organizations: Sequence[str]) -> dict[str, int]:
         """Current revision of each organization (across organizations: the poller)."""
         async with self.pool.acquire() as conn:
@@ -62,30 +70,45 @@ class ConfigStore:
         return [row["organization"] for row in rows]
 
 
-async def lock_organization(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
-    """Locks the organization's revision row until commit; creates it on first use.
+@dataclasses.dataclass(frozen=True)
+class WriteState:
+    """What a write sees once it holds the organization's lock."""
 
-    Returns:
-        (current revision, compacted-through revision).
-    """
+    revision: int
+    compacted: int
+    entries: dict[tuple[str, str], Entry]
+    schemas: dict[str, ServiceSchema]
+
+
+async def begin_write(
+    conn: asyncpg.Connection,
+    organization: str,
+    keys: Sequence[tuple[str, str]],
+    schema_services: Iterable[str],
+) -> WriteState:
+    """Enters the organization, locks its revision and reads what the write needs,
+    in one round trip (``config.begin_write``)."""
     row = await conn.fetchrow(
-        "SELECT revision, compact_revision FROM config.organizations "
-        "WHERE organization = $1 FOR UPDATE",
+        "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
         organization,
+        [service for service, _ in keys],
+        [key for _, key in keys],
+        sorted(set(schema_services)),
     )
-    if row is None:
-        await conn.execute(
-            "INSERT INTO config.organizations (organization) VALUES ($1) "
-            "ON CONFLICT (organization) DO NOTHING",
-            organization,
-        )
-        row = await conn.fetchrow(
-            "SELECT revision, compact_revision FROM config.organizations "
-            "WHERE organization = $1 FOR UPDATE",
-            organization,
-        )
     assert row is not None
-    return int(row["revision"]), int(row["compact_revision"])
+    entries = {
+        (e["service"], e["key"]): Entry(
+            service=e["service"],
+            key=e["key"],
+            value=ConfigValue.from_json(e["value"]),
+            revision=int(e["revision"]),
+            updated_at=dt.datetime.fromisoformat(e["updated_at"]),
+            updated_by=e["updated_by"],
+        )
+        for e in row["entries"]
+    }
+    schemas = {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()}
+    return WriteState(int(row["revision"]), int(row["compact_revision"]), entries, schemas)
 
 
 async def read_revision(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
@@ -220,56 +243,57 @@ async def write_commit(
     changes: Sequence[Change],
     now: dt.datetime,
 ) -> None:
-    """Writes one revision in one statement: the revision bump, the values and history."""
-    sets = [c for c in changes if c.new_value is not None]
-    deletes = [c for c in changes if c.new_value is None]
+    """Writes one revision in one statement: the revision bump, the values and history.
+
+    The changes travel as one JSON array (cheaper to encode than a dozen arrays).
+    """
+    rows = [
+        {
+            "seq": c.seq,
+            "service": c.service,
+            "key": c.key,
+            "change_type": c.kind,
+            "old_value": c.old_value.to_json() if c.old_value else None,
+            "new_value": c.new_value.to_json() if c.new_value else None,
+            "actor": c.actor,
+            "reason": c.reason,
+            "request_id": c.request_id,
+        }
+        for c in changes
+    ]
     await conn.execute(
         """
-        WITH bump AS (
+        WITH c AS (
+            SELECT * FROM jsonb_to_recordset($4::jsonb) AS c(
+                seq int, service text, key text, change_type text, old_value jsonb,
+                new_value jsonb, actor text, reason text, request_id text)
+        ), bump AS (
             UPDATE config.organizations SET revision = $2, updated_at = $3
             WHERE organization = $1
         ), upserted AS (
             INSERT INTO config.entries
                 (organization, service, key, value, revision, updated_at, updated_by)
-            SELECT $1, s.service, s.key, s.value, $2, $3, s.actor
-            FROM unnest($4::text[], $5::text[], $6::jsonb[], $7::text[])
-                AS s(service, key, value, actor)
+            SELECT $1, c.service, c.key, c.new_value, $2, $3, c.actor
+            FROM c WHERE c.change_type = 'set'
             ON CONFLICT (organization, service, key) DO UPDATE
                 SET value = EXCLUDED.value, revision = EXCLUDED.revision,
                     updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by
         ), deleted AS (
-            DELETE FROM config.entries e
-            USING unnest($8::text[], $9::text[]) AS d(service, key)
-            WHERE e.organization = $1 AND e.service = d.service AND e.key = d.key
+            DELETE FROM config.entries e USING c
+            WHERE c.change_type = 'delete' AND e.organization = $1
+              AND e.service = c.service AND e.key = c.key
         )
         INSERT INTO config.history
             (organization, revision, seq, service, key, change_type, old_value, new_value,
              actor, reason, request_id, created_at)
-        SELECT $1, $2, h.seq, h.service, h.key, h.change_type, h.old_value, h.new_value,
-               h.actor, h.reason, h.request_id, $3
-        FROM unnest($10::int[], $11::text[], $12::text[], $13::text[], $14::jsonb[],
-                    $15::jsonb[], $16::text[], $17::text[], $18::text[])
-            AS h(seq, service, key, change_type, old_value, new_value, actor, reason,
-                 request_id)
+        SELECT $1, $2, c.seq, c.service, c.key, c.change_type, c.old_value, c.new_value,
+               c.actor, c.reason, c.request_id, $3
+        FROM c
         """,
         organization,
         revision,
         now,
-        [c.service for c in sets],
-        [c.key for c in sets],
-        [c.new_value.to_json() for c in sets if c.new_value is not None],
-        [c.actor for c in sets],
-        [c.service for c in deletes],
-        [c.key for c in deletes],
-        [c.seq for c in changes],
-        [c.service for c in changes],
-        [c.key for c in changes],
-        [c.kind for c in changes],
-        [c.old_value.to_json() if c.old_value else None for c in changes],
-        [c.new_value.to_json() if c.new_value else None for c in changes],
-        [c.actor for c in changes],
-        [c.reason for c in changes],
-        [c.request_id for c in changes],
+        rows,
     )
 
 

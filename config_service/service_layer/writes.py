@@ -69,15 +69,17 @@ class ConfigWriter:
                     f"{m.field}key", f"{m.service}/{m.key} is already changed by {seen[where]}"
                 )
             seen[where] = m.field.rstrip(".") or "this request"
-        async with self._store.transaction(organization) as conn:
-            revision, _ = await pg.lock_organization(conn, organization)
+        keys = [(m.service, m.key) for m in mutations]
+        services = {m.service for m in mutations if m.value is not None}
+        async with self._store.write(organization) as conn:
+            state = await pg.begin_write(conn, organization, keys, services)
             replay = await self._replay(conn, organization, request)
             if replay is not None:
                 return replay
             commit = await self._apply_locked(
                 conn,
                 organization,
-                revision,
+                state,
                 mutations,
                 actor=actor,
                 reason=reason,
@@ -106,8 +108,9 @@ class ConfigWriter:
                 breaks today's schema.
             FailedPrecondition: the history since ``target`` has been compacted.
         """
-        async with self._store.transaction(organization) as conn:
-            revision, compacted = await pg.lock_organization(conn, organization)
+        async with self._store.write(organization) as conn:
+            locked = await pg.begin_write(conn, organization, [], [])
+            revision, compacted = locked.revision, locked.compacted
             replay = await self._replay(conn, organization, request)
             if replay is not None:
                 return replay
@@ -134,10 +137,19 @@ class ConfigWriter:
                 )
                 for c in firsts
             ]
+            keys = [(m.service, m.key) for m in mutations]
+            state = pg.WriteState(
+                revision,
+                compacted,
+                await pg.load_entries(conn, organization, keys),
+                await pg.load_schemas(
+                    conn, organization, {m.service for m in mutations if m.value is not None}
+                ),
+            )
             commit = await self._apply_locked(
                 conn,
                 organization,
-                revision,
+                state,
                 mutations,
                 actor=actor,
                 reason=reason,
@@ -185,7 +197,7 @@ class ConfigWriter:
         self,
         conn: asyncpg.Connection,
         organization: str,
-        revision: int,
+        state: pg.WriteState,
         mutations: Sequence[Mutation],
         *,
         actor: str,
@@ -193,10 +205,7 @@ class ConfigWriter:
         request_id: str,
     ) -> Commit:
         ordered = sorted(mutations, key=lambda m: (m.service, m.key))
-        current = await pg.load_entries(conn, organization, [(m.service, m.key) for m in ordered])
-        schemas = await pg.load_schemas(
-            conn, organization, {m.service for m in ordered if m.value is not None}
-        )
+        current, schemas, revision = state.entries, state.schemas, state.revision
         violations: list[FieldViolation] = []
         for m in ordered:
             entry = current.get((m.service, m.key))

@@ -163,19 +163,25 @@ async def test_rpcs_not_built_yet_answer_unimplemented(
     assert error_info(info.value).reason == "NOT_IMPLEMENTED"
 
 
-async def test_request_id_is_echoed_and_logged_context_kept(
+async def test_request_id_is_echoed_on_success_and_on_error(
     servers: dict[str, RunningServer], keys: Keys
 ) -> None:
+    metadata = (("authorization", f"Bearer {keys.token('acme')}"), ("x-request-id", "req-42"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['config'].port}") as channel:
         stub = config_service_pb2_grpc.ConfigServiceStub(channel)
-        call = stub.GetConfig(
-            get_config_request(),
-            metadata=(("authorization", f"Bearer {keys.token()}"), ("x-request-id", "req-42")),
+        failing = stub.GetConfig(
+            config_pb2.GetConfigRequest(organization="acme", service="ai", key="missing-key"),
+            metadata=metadata,
             timeout=5,
         )
         with pytest.raises(grpc.aio.AioRpcError):
-            await call
-        assert ("x-request-id", "req-42") in tuple(await call.initial_metadata())
+            await failing
+        assert ("x-request-id", "req-42") in tuple(await failing.trailing_metadata())
+        succeeding = stub.ListConfigs(
+            config_pb2.ListConfigsRequest(organization="acme"), metadata=metadata, timeout=5
+        )
+        await succeeding
+        assert ("x-request-id", "req-42") in tuple(await succeeding.trailing_metadata())
 
 
 async def test_metrics_count_rpcs_by_code(servers: dict[str, RunningServer]) -> None:

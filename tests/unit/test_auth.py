@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -10,7 +11,14 @@ from pathlib import Path
 import jwt
 import pytest
 
-from servicekit.auth import KeySet, Principal, TokenSigner, TokenVerifier, generate_signing_key
+from servicekit.auth import (
+    CLOCK_SKEW_SECONDS,
+    KeySet,
+    Principal,
+    TokenSigner,
+    TokenVerifier,
+    generate_signing_key,
+)
 from servicekit.errors import PermissionDenied, Unauthenticated
 
 
@@ -101,6 +109,26 @@ async def test_unusable_tokens_are_unauthenticated(tamper: str, reason: str) -> 
     with pytest.raises(Unauthenticated) as info:
         await verifier_for(jwk, revoked=revoked).verify(token)
     assert info.value.reason == reason
+
+
+async def test_a_cached_token_still_expires_and_can_be_revoked() -> None:
+    signer, jwk = make_signer()
+    revoked: set[str] = set()
+    verifier = verifier_for(jwk, revoked=revoked)
+    token = mint(signer)
+    principal = await verifier.verify(token)  # now cached
+    revoked.add(principal.token_id)
+    with pytest.raises(Unauthenticated) as info:
+        await verifier.verify(token)
+    assert info.value.reason == "TOKEN_REVOKED"
+    # Valid for one more second, thanks to the clock-skew leeway, when first verified.
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=CLOCK_SKEW_SECONDS)
+    short = mint(signer, ttl=dt.timedelta(seconds=1), now=issued)
+    await verifier.verify(short)
+    await asyncio.sleep(1.5)
+    with pytest.raises(Unauthenticated) as expired:
+        await verifier.verify(short)  # cached, but expired since
+    assert expired.value.reason == "TOKEN_EXPIRED"
 
 
 async def test_a_rotated_key_is_picked_up_from_the_jwks_file(tmp_path: Path) -> None:
