@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import urllib3
 from kubernetes import client, config
@@ -101,6 +101,17 @@ def classify(exc: BaseException) -> BackendError:
     return BackendError(f"{type(exc).__name__}: {exc}", temporary=False, reason="ClientError")
 
 
+def _json_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Calls the client without building its typed models (costly, and not needed): the
+    answer as plain JSON, or None for an empty body."""
+    response = fn(*args, _preload_content=False, **kwargs)
+    try:
+        data = response.data
+    finally:
+        response.release_conn()
+    return json.loads(data) if data else None
+
+
 def load_client(kubeconfig: str | None, *, pool_size: int) -> client.ApiClient:
     """An API client from a kubeconfig file, or in-cluster when ``kubeconfig`` is None.
 
@@ -152,7 +163,7 @@ class KubernetesBackend(Backend):
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="provisioner-kube")
 
     @classmethod
-    def from_config(cls, kubeconfig: Path | None, **options: Any) -> KubernetesBackend:
+    def from_config(cls, kubeconfig: Path | None, **options: Any) -> Self:
         """From a kubeconfig file, or in-cluster when ``kubeconfig`` is None."""
         workers = int(options.get("workers", 16))
         return cls(
@@ -175,7 +186,7 @@ class KubernetesBackend(Backend):
                 delete): the call returns None at once.
         """
         loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, _request_timeout=self._timeout, **kwargs)
+        call = functools.partial(_json_call, fn, *args, _request_timeout=self._timeout, **kwargs)
         for attempt in range(1, self._attempts + 1):
             try:
                 return await loop.run_in_executor(self._executor, call)
@@ -219,7 +230,7 @@ class KubernetesBackend(Backend):
             )
         except BackendError as exc:
             return ApplyReport([StepResult(ConditionType.NAMESPACE, exc)])
-        phase = str(ns.status.phase) if ns.status and ns.status.phase else ""
+        phase = str((ns.get("status") or {}).get("phase") or "")
         if phase == "Terminating":
             waiting = BackendError(
                 f"namespace {spec.namespace} is still being deleted",
@@ -255,9 +266,10 @@ class KubernetesBackend(Backend):
                 steps.append(StepResult(kind, classify(outcome)))
                 continue
             steps.append(StepResult(kind))
-            if kind is ConditionType.QUOTA and outcome.status is not None:
-                quota_hard = dict(outcome.status.hard or {})
-                quota_used = dict(outcome.status.used or {})
+            if kind is ConditionType.QUOTA:
+                status = (outcome or {}).get("status") or {}
+                quota_hard = dict(status.get("hard") or {})
+                quota_used = dict(status.get("used") or {})
         steps.append(await self._mark_isolation(spec, ns, steps))
         return ApplyReport(steps, Observation(phase, quota_hard, quota_used))
 
@@ -265,7 +277,8 @@ class KubernetesBackend(Backend):
         self, spec: TenantSpec, ns: Any, steps: list[StepResult]
     ) -> StepResult:
         """The isolation-ready label: set once every guard exists, removed otherwise."""
-        labelled = (ns.metadata.labels or {}).get(manifests.ISOLATION_LABEL) == "true"
+        labels = (ns.get("metadata") or {}).get("labels") or {}
+        labelled = labels.get(manifests.ISOLATION_LABEL) == "true"
         failed = [s for s in steps if s.error is not None]
         try:
             if not failed:
@@ -316,13 +329,9 @@ class KubernetesBackend(Backend):
         except BackendError as exc:
             log.info("cannot observe %s: %s", spec.namespace, exc)
             return None
-        phase = str(ns.status.phase) if ns is not None and ns.status and ns.status.phase else ""
-        status = quota.status if quota is not None else None
-        return Observation(
-            phase,
-            dict(status.hard or {}) if status else {},
-            dict(status.used or {}) if status else {},
-        )
+        phase = str(((ns or {}).get("status") or {}).get("phase") or "")
+        status = (quota or {}).get("status") or {}
+        return Observation(phase, dict(status.get("hard") or {}), dict(status.get("used") or {}))
 
     async def revoke(self, spec: TenantSpec) -> None:
         deny_all = manifests.network_policy(spec, deny_all=True)

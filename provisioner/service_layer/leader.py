@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 
 import asyncpg
 
@@ -32,14 +33,20 @@ class LeaderLock:
         dsn: PostgreSQL URL; the lock lives on its own connection to it.
         key: advisory lock key (one per deployment sharing a database).
         timeout: seconds for connecting and for each check.
+        cooldown: after losing leadership, seconds before competing again, so a
+            replica with a flaky connection hands over instead of flapping.
     """
 
-    def __init__(self, dsn: str, *, key: int | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, *, key: int | None = None, timeout: float = 5.0, cooldown: float = 1.0
+    ) -> None:
         self._dsn = dsn
         self._key = leader_lock_key() if key is None else key
         self._timeout = timeout
+        self._cooldown = cooldown
         self._conn: asyncpg.Connection | None = None
         self._held = False
+        self._compete_after = 0.0
 
     @property
     def held(self) -> bool:
@@ -53,6 +60,8 @@ class LeaderLock:
 
     async def check(self) -> bool:
         """Confirms leadership or tries to take it; returns whether this replica leads."""
+        if not self._held and time.monotonic() < self._compete_after:
+            return False
         if self._conn is not None and not self._conn.is_closed():
             try:
                 if self._held:
@@ -84,6 +93,7 @@ class LeaderLock:
     def _lost(self, why: str) -> None:
         if self._held:
             log.warning("lost reconcile leadership: %s", why)
+            self._compete_after = time.monotonic() + self._cooldown
         self._held = False
 
     async def _drop(self) -> None:

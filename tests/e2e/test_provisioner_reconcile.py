@@ -200,8 +200,12 @@ async def test_two_replicas_elect_one_leader_and_hand_over(
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
         finally:
             await admin.close()
+        # It stops at once; the other replica takes over (the old leader waits a
+        # cooldown before competing again, so leadership does not flap back).
         now = await eventually(leaders, lambda h: h != held and sum(h) == 1, timeout=5)
         assert now == [not h for h in held]
+        await asyncio.sleep(1.5)  # past the cooldown: the new leader keeps leading
+        assert await leaders() == now
         await eventually(
             lambda: asyncio.sleep(0, result=follower.passes), lambda p: p > passes, timeout=5
         )

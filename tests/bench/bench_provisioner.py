@@ -1,0 +1,214 @@
+"""ProvisionerService: how long provisioning a tenant takes against a slow API server.
+
+The fake Kubernetes API answers namespace requests after 50 ms and every other object
+after 20 ms. Provisioning a tenant is five objects plus the isolation-ready label:
+
+* sequential, one call after another: 50 + 4 x 20 (+ 50 for the label) ms;
+* the Provisioner's way: the namespace, then the four guard objects concurrently, then
+  the label: 50 + 20 (+ 50) ms.
+
+The fake runs in a process of its own, as a real API server would (in-process, its
+request handling would compete with the client for the GIL). Figures (p50/p95 over
+the tenants), each for sequential and concurrent:
+
+* "guarded": until the namespace and every guard object exist;
+* "ready": the whole apply, isolation-ready label included (it must come last);
+* ProvisionTenant over gRPC, end to end (PostgreSQL writes included), concurrent only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from agentready.provisioner.v1 import provisioner_pb2 as pb
+from agentready.provisioner.v1 import provisioner_service_pb2_grpc
+
+from provisioner.adapters.kubernetes import KubernetesBackend
+from provisioner.app import SPEC
+from provisioner.domain import manifests
+from provisioner.domain.model import (
+    GUARDS,
+    ApplyReport,
+    ConditionType,
+    Quota,
+    StepResult,
+    TenantSpec,
+)
+from servicekit.devstack import free_port
+from servicekit.server import start
+from servicekit.settings import load_settings
+from tests.bench.common import bench_environment, ms, percentile
+
+NAMESPACE_LATENCY = 0.05
+OBJECT_LATENCY = 0.02
+
+
+class ConcurrentBackend(KubernetesBackend):
+    """The production backend, noting when the guard objects were all in place."""
+
+    guarded_at = 0.0
+
+    async def _mark_isolation(
+        self, spec: TenantSpec, ns: Any, steps: list[StepResult]
+    ) -> StepResult:
+        self.guarded_at = time.perf_counter()
+        return await super()._mark_isolation(spec, ns, steps)
+
+
+class SequentialBackend(KubernetesBackend):
+    """The same calls as :class:`KubernetesBackend`, one after another (the baseline)."""
+
+    guarded_at = 0.0
+
+    async def apply(self, spec: TenantSpec) -> ApplyReport:
+        apply: Callable[..., Any] = self._apply
+        await apply(self._core.patch_namespace, spec.namespace, manifests.namespace(spec))
+        objects = manifests.guard_objects(spec)
+        writers = {
+            ConditionType.RBAC: self._rbac.patch_namespaced_role_binding,
+            ConditionType.QUOTA: self._core.patch_namespaced_resource_quota,
+            ConditionType.LIMIT_RANGE: self._core.patch_namespaced_limit_range,
+            ConditionType.NETWORK_POLICY: self._net.patch_namespaced_network_policy,
+        }
+        for kind in GUARDS:
+            body = objects[kind]
+            await apply(writers[kind], body["metadata"]["name"], spec.namespace, body)
+        self.guarded_at = time.perf_counter()
+        await apply(
+            self._core.patch_namespace,
+            spec.namespace,
+            manifests.isolation_marker(spec, ready=True),
+            manager="agentready-provisioner-isolation",
+        )
+        return ApplyReport([StepResult(kind) for kind in ConditionType])
+
+
+# The latency alone, without any client or server processing: (guarded, ready).
+IDEAL = {
+    "sequential": (
+        NAMESPACE_LATENCY + 4 * OBJECT_LATENCY,
+        2 * NAMESPACE_LATENCY + 4 * OBJECT_LATENCY,
+    ),
+    "concurrent": (NAMESPACE_LATENCY + OBJECT_LATENCY, 2 * NAMESPACE_LATENCY + OBJECT_LATENCY),
+}
+
+
+def line(label: str, values: Sequence[float], ideal: float | None = None) -> str:
+    text = (
+        f"  {label:<44} p50 {ms(percentile(values, 50)):>10}   "
+        f"p95 {ms(percentile(values, 95)):>10}   (n={len(values)})"
+    )
+    if ideal is not None:
+        text += f"   latency alone {ms(ideal)}"
+    return text
+
+
+async def backend_runs(kubeconfig: Path, tenants: int) -> None:
+    backends: list[tuple[str, type[SequentialBackend | ConcurrentBackend]]] = [
+        ("sequential", SequentialBackend),
+        ("concurrent", ConcurrentBackend),
+    ]
+    for name, cls in backends:
+        backend = cls.from_config(kubeconfig)
+        ready: list[float] = []
+        guarded: list[float] = []
+        try:
+            await backend.apply(TenantSpec(f"warm-{name}", ("alice",), Quota(), {}))
+            for i in range(tenants):
+                spec = TenantSpec(f"{name}-{i:03d}", ("alice",), Quota(), {})
+                started = time.perf_counter()
+                report = await backend.apply(spec)
+                ready.append(time.perf_counter() - started)
+                assert report.ok, report.errors
+                guarded.append(backend.guarded_at - started)
+        finally:
+            await backend.close()
+        ideal = IDEAL[name]
+        print(line(f"{name}: namespace + guard objects", guarded, ideal[0]), flush=True)
+        print(line(f"{name}: + isolation-ready label (READY)", ready, ideal[1]), flush=True)
+
+
+async def rpc_runs(env: dict[str, str], keys: Any, kubeconfig: Path, tenants: int) -> None:
+    settings = load_settings(
+        "provisioner",
+        {**env, "KUBECONFIG": str(kubeconfig), "PROVISIONER_RECONCILE_INTERVAL_SECONDS": "3600"},
+        extra=SPEC.extra_settings,
+    )
+    server = await start(SPEC, settings)
+    latencies: list[float] = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = provisioner_service_pb2_grpc.ProvisionerServiceStub(channel)
+            for i in range(tenants + 1):
+                org = f"rpc-{i:03d}"
+                metadata = (("authorization", f"Bearer {keys.token(org)}"),)
+                started = time.perf_counter()
+                env_pb = await stub.ProvisionTenant(
+                    pb.ProvisionTenantRequest(organization=org, owners=["alice"]),
+                    metadata=metadata,
+                    timeout=10,
+                )
+                if i:  # the first call warms connections up
+                    latencies.append(time.perf_counter() - started)
+                assert env_pb.state == pb.TenantEnvironment.STATE_READY, env_pb.last_error
+    finally:
+        await server.stop()
+    print(line("ProvisionTenant RPC, end to end (READY)", latencies), flush=True)
+
+
+def main(args: argparse.Namespace) -> None:
+    tenants = 10 if getattr(args, "quick", False) else 30
+    print(
+        f"fake API latency: namespaces {NAMESPACE_LATENCY * 1000:.0f} ms, other objects "
+        f"{OBJECT_LATENCY * 1000:.0f} ms; {tenants} tenants per run",
+        flush=True,
+    )
+    with (
+        bench_environment() as (env, keys),
+        tempfile.TemporaryDirectory() as folder,
+        fake_api_process(Path(folder) / "kubeconfig") as kubeconfig,
+    ):
+        asyncio.run(backend_runs(kubeconfig, tenants))
+        asyncio.run(rpc_runs(env, keys, kubeconfig, tenants))
+
+
+@contextlib.contextmanager
+def fake_api_process(kubeconfig: Path) -> Iterator[Path]:
+    """The fake API server in a process of its own; yields its kubeconfig."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakekube",
+            "--port",
+            str(free_port()),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--latency",
+            str(OBJECT_LATENCY),
+            "--namespace-latency",
+            str(NAMESPACE_LATENCY),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not kubeconfig.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the fake Kubernetes API server did not start")
+            time.sleep(0.05)
+        time.sleep(0.1)  # the file is written just after the server listens
+        yield kubeconfig
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
