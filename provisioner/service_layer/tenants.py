@@ -312,7 +312,14 @@ class Tenants:
         """
         key = pg.tenant_lock_key(organization)
         async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", *key)
+            # A session-level lock: the pool does not reset connections, so it is always
+            # released here, and a connection whose lock state is uncertain (cancelled
+            # while locking or unlocking) is closed, which releases it server-side.
+            try:
+                await conn.execute("SELECT pg_advisory_lock($1, $2)", *key)
+            except BaseException:
+                conn.terminate()
+                raise
             try:
                 async with pg.org_transaction(conn, organization, readonly=True):
                     env = await pg.load(conn, organization)
@@ -334,7 +341,11 @@ class Tenants:
                 async with pg.org_transaction(conn, organization, readonly=True):
                     final = await pg.load(conn, organization)
             finally:
-                await asyncio.shield(conn.execute("SELECT pg_advisory_unlock($1, $2)", *key))
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+                except BaseException:
+                    conn.terminate()
+                    raise
         assert final is not None
         return final
 
