@@ -182,6 +182,12 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # A burst of new calls (every pod of an organization reconnecting its
+            # WatchConfig stream after a replica restart) waits in a queue until the
+            # asyncio server picks each up; with the small default queue, calls beyond
+            # it were silently never served.
+            ("grpc.server.max_pending_requests", 50_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ],
     )
     health_servicer = health.aio.HealthServicer()

@@ -403,3 +403,36 @@ async def test_row_level_security_hides_other_organizations(org: Client, databas
                 await conn.execute("CREATE TABLE config.sneaky (id int)")
     finally:
         await pool.close()
+
+
+async def test_a_burst_of_new_streams_is_all_served(
+    servers: dict[str, RunningServer], org: Client, keys: Keys
+) -> None:
+    # Every pod of a big organization reconnecting at once, e.g. after a replica
+    # restart: each stream must get its snapshot, none may be left waiting.
+    streams, port = 3000, servers["config"].port
+    await org.set("a", 1)
+    token = keys.token(org.organization, "viewer")
+    channels = [
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(4)
+    ]
+    calls = [
+        config_service_pb2_grpc.ConfigServiceStub(channels[i % 4]).WatchConfig(
+            config_pb2.WatchConfigRequest(organization=org.organization),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        for i in range(streams)
+    ]
+    try:
+        firsts: list[Any] = await asyncio.wait_for(
+            asyncio.gather(*(call.read() for call in calls)), 60
+        )
+        assert {(m.type, m.revision) for m in firsts} == {(Response.EVENT_TYPE_SNAPSHOT, 1)}
+    finally:
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
