@@ -13,6 +13,7 @@ import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
+from config_service import metrics
 from config_service.adapters import postgres as pg
 from config_service.domain.model import Entry, Event
 from config_service.service_layer.hub import OVERFLOW, RESET, SHUTDOWN, Hub
@@ -79,6 +80,7 @@ async def watch(
                 )
         compact = _compact_revision(revision, compacted)
         if snapshot:
+            metrics.WATCH_EVENTS_SENT.labels("snapshot").inc()
             yield encoder.snapshot(
                 organization, revision, compact, entries, start_revision > 0, commit_time
             )
@@ -86,7 +88,9 @@ async def watch(
             async for message in _replay(
                 store, encoder, organization, services, start_revision, revision
             ):
+                metrics.WATCH_EVENTS_SENT.labels("change").inc()
                 yield message
+            metrics.WATCH_EVENTS_SENT.labels("progress").inc()
             yield encoder.progress(revision, compact)
         last = revision
         while True:
@@ -94,6 +98,7 @@ async def watch(
                 async with asyncio.timeout(progress_interval):
                     item = await watcher.queue.get()
             except TimeoutError:
+                metrics.WATCH_EVENTS_SENT.labels("progress").inc()
                 yield encoder.progress(last, compact)
                 continue
             if item is OVERFLOW:
@@ -119,6 +124,7 @@ async def watch(
                 continue  # already in the initial state
             last = item_revision
             if message is not None:
+                metrics.WATCH_EVENTS_SENT.labels("change").inc()
                 yield message
     finally:
         hub.unwatch(watcher)

@@ -28,3 +28,13 @@ def test_documented_defaults_are_the_real_ones() -> None:
 def test_readme_shows_the_two_commands() -> None:
     assert "make run" in README
     assert "make test" in README
+
+
+def test_every_config_setting_is_in_the_readme_with_its_real_default() -> None:
+    from config_service.app import SETTINGS
+
+    settings = load_settings("config", {}, extra=SETTINGS)
+    for name, setting in SETTINGS.items():
+        assert f"| `{name}` | {setting.default} | {setting.description} |" in README, name
+        value = settings.extra[name]
+        assert value == type(value)(setting.default), name

@@ -156,3 +156,34 @@ async def test_a_replica_killed_mid_stream_loses_nothing(
     finally:
         await watcher.stop()
         await writer.close()
+
+
+async def test_a_lost_notification_is_filled_from_postgresql(
+    replicas: list[Replica], server_env: dict[str, str], keys: Keys
+) -> None:
+    organization = new_org()
+    await all_subscribed(replicas)
+    # A replica whose notifications never reach Redis: its revision's message is lost.
+    mute = await asyncio.to_thread(
+        Replica,
+        {**server_env, "REDIS_URL": "redis://127.0.0.1:1/0", "CONFIG_POLL_INTERVAL_SECONDS": "30"},
+    )
+    watcher = Recorder([replicas[2].port], organization, keys.token(organization, "viewer"))
+    await watcher.__aenter__()
+    lost = Client(mute.port, organization, keys.token(organization))
+    heard = Client(replicas[0].port, organization, keys.token(organization))
+    try:
+        await watcher.wait_for(0)
+        assert await lost.set("k", 1) == 1
+        await asyncio.sleep(0.5)
+        assert watcher.change_revisions() == []  # nobody told the watcher's replica
+        assert await heard.set("k", 2) == 2
+        # Revision 2 arrives by pub/sub, reveals the gap, and 1 is read from PostgreSQL
+        # too - long before the 30 s poll would have found it.
+        await watcher.wait_for(2, timeout=5)
+        assert watcher.change_revisions() == [1, 2]
+    finally:
+        await watcher.stop()
+        await lost.close()
+        await heard.close()
+        await asyncio.to_thread(mute.stop)

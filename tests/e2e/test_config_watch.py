@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 import pytest
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
+from prometheus_client import REGISTRY
 
 from config_service.adapters.postgres import ConfigStore
 from config_service.service_layer.maintenance import compact_organization
@@ -20,6 +21,11 @@ from servicekit.server import RunningServer
 from tests.conftest import Keys
 from tests.e2e.watching import Recorder, Replica, Response, channel_for, eventually
 from tests.rpcerrors import error_info
+
+
+def open_streams() -> float:
+    """This process's `config_watch_streams` gauge (the servers run in-process)."""
+    return REGISTRY.get_sample_value("config_watch_streams") or 0.0
 
 
 def new_org() -> str:
@@ -411,6 +417,7 @@ async def test_a_burst_of_new_streams_is_all_served(
     # Every pod of a big organization reconnecting at once, e.g. after a replica
     # restart: each stream must get its snapshot, none may be left waiting.
     streams, port = 3000, servers["config"].port
+    before = open_streams()
     await org.set("a", 1)
     token = keys.token(org.organization, "viewer")
     channels = [
@@ -436,3 +443,24 @@ async def test_a_burst_of_new_streams_is_all_served(
             call.cancel()
         for channel in channels:
             await channel.close()
+    # Clients gone: the server lets go of every stream.
+    await eventually(lambda: open_streams() == before, timeout=30)
+
+
+async def test_stream_metrics_count_streams_and_messages(
+    servers: dict[str, RunningServer], org: Client, keys: Keys
+) -> None:
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    snapshots = sample("config_watch_events_sent_total", {"type": "snapshot"})
+    changes = sample("config_watch_events_sent_total", {"type": "change"})
+    open_before = sample("config_watch_streams")
+    async with recorder(servers, org, keys) as watch:
+        await watch.wait_for(0)
+        assert sample("config_watch_streams") == open_before + 1
+        await org.set("a", 1)
+        await watch.wait_for(1)
+    await eventually(lambda: sample("config_watch_streams") == open_before)
+    assert sample("config_watch_events_sent_total", {"type": "snapshot"}) == snapshots + 1
+    assert sample("config_watch_events_sent_total", {"type": "change"}) >= changes + 1
