@@ -98,6 +98,27 @@ class Principal:
                 metadata={"scope": scope},
             )
 
+    def require_operator(self, scope: str) -> None:
+        """Checks that the caller is an operator: a token scoped to no organization,
+        with ``scope``, for calls that span organizations.
+
+        Raises:
+            PermissionDenied: the token is scoped to an organization, or lacks the scope.
+        """
+        if self.organization is not None:
+            raise PermissionDenied(
+                "this call spans organizations and needs an operator token that is not "
+                f"scoped to one (this one is scoped to {self.organization!r})",
+                reason="WRONG_ORGANIZATION",
+                metadata={"organization": self.organization},
+            )
+        if scope not in self.scopes:
+            raise PermissionDenied(
+                f"the token lacks the scope {scope!r}",
+                reason="MISSING_SCOPE",
+                metadata={"scope": scope},
+            )
+
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

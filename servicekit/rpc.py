@@ -73,6 +73,25 @@ def current_principal() -> Principal:
     return principal
 
 
+def authorize(organization: str, scope: str) -> str:
+    """The caller's subject, once it is shown to act in ``organization`` with ``scope``.
+
+    Raises:
+        Unauthenticated: no token.
+        PermissionDenied: another organization's token, or one without the scope.
+    """
+    principal = current_principal()
+    principal.require(organization, scope)
+    return principal.subject
+
+
+def authorize_operator(scope: str) -> str:
+    """The caller's subject, once it is shown to be an operator with ``scope``."""
+    principal = current_principal()
+    principal.require_operator(scope)
+    return principal.subject
+
+
 def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

@@ -12,7 +12,6 @@ from typing import Any
 
 from servicekit.errors import FieldViolation
 
-ORGANIZATION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 MAX_VALUE_BYTES = 64 * 1024
 MAX_REASON_CHARS = 500
@@ -104,21 +103,6 @@ class ConfigValue:
     def encoded_size(self) -> int:
         """Bytes of the stored form; bounded by :data:`MAX_VALUE_BYTES`."""
         return len(json.dumps(self.to_json(), separators=(",", ":")).encode())
-
-
-def check_organization(organization: str, field: str = "organization") -> list[FieldViolation]:
-    """An organization slug: a DNS-1123 label of 3-40 characters."""
-    if not organization:
-        return [FieldViolation(field, "required")]
-    if not ORGANIZATION_RE.match(organization):
-        return [
-            FieldViolation(
-                field,
-                "must be an organization slug: 3-40 lowercase letters, digits or '-', "
-                "starting and ending with a letter or digit",
-            )
-        ]
-    return []
 
 
 def check_name(name: str, field: str) -> list[FieldViolation]:

@@ -3,59 +3,28 @@ answers in protobuf. Domain errors become ``google.rpc.Status`` in the shared ca
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
-from google.protobuf import empty_pb2, message
+from google.protobuf import empty_pb2
 
 from config_service.adapters.postgres import ConfigStore
 from config_service.domain.model import Mutation
-from config_service.domain.values import check_name, check_organization, check_reason, check_value
+from config_service.domain.values import check_name, check_reason, check_value
 from config_service.entrypoints import convert
 from config_service.service_layer import watch as watch_use_case
 from config_service.service_layer.hub import Hub
 from config_service.service_layer.reads import ConfigReader
-from config_service.service_layer.writes import ConfigWriter, RequestKey
+from config_service.service_layer.writes import ConfigWriter
 from servicekit.errors import FieldViolation, InvalidArgument
 from servicekit.pagination import decode_token, encode_token, page_size
-from servicekit.rpc import current_principal
+from servicekit.requests import check_organization, raise_if_invalid, request_key
+from servicekit.rpc import authorize
 
 READ, WRITE = "config:read", "config:write"
 MAX_BATCH = 100
 DEFAULT_PROGRESS_SECONDS = 5.0
-
-
-def _raise_if(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations), violations=violations
-        )
-
-
-def _authorize(organization: str, scope: str) -> str:
-    """The caller's subject, after checking it acts in ``organization`` with ``scope``."""
-    principal = current_principal()
-    principal.require(organization, scope)
-    return principal.subject
-
-
-def _request_key(method: str, request: Any) -> RequestKey | None:
-    """The idempotency key of a write (AIP-155), or None without a request id."""
-    request_id: str = request.request_id
-    if not request_id:
-        return None
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
-        raise InvalidArgument.field("request_id", "must be a UUID") from None
-    body: message.Message = type(request)()
-    body.CopyFrom(request)
-    body.ClearField("request_id")
-    digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
-    return RequestKey(request_id, method, digest)
 
 
 def _expected(request: Any) -> int | None:
@@ -79,9 +48,9 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def SetConfig(
         self, request: config_pb2.SetConfigRequest, context: Any
     ) -> config_pb2.ConfigEntry:
-        actor = _authorize(request.organization, WRITE)
+        actor = authorize(request.organization, WRITE)
         value = convert.value_from_proto(request.value) if request.HasField("value") else None
-        _raise_if(
+        raise_if_invalid(
             check_organization(request.organization)
             + check_name(request.service, "service")
             + check_name(request.key, "key")
@@ -100,7 +69,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             [mutation],
             actor=actor,
             reason=request.reason,
-            request=_request_key("SetConfig", request),
+            request=request_key("SetConfig", request),
         )
         (entry,) = commit.entries
         return convert.entry_to_proto(request.organization, entry)
@@ -108,7 +77,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def BatchSetConfig(
         self, request: config_pb2.BatchSetConfigRequest, context: Any
     ) -> config_pb2.BatchSetConfigResponse:
-        actor = _authorize(request.organization, WRITE)
+        actor = authorize(request.organization, WRITE)
         violations = check_organization(request.organization) + check_reason(request.reason)
         if not 1 <= len(request.mutations) <= MAX_BATCH:
             violations.append(FieldViolation("mutations", f"give 1 to {MAX_BATCH} mutations"))
@@ -139,13 +108,13 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
                     value_field="set_value",
                 )
             )
-        _raise_if(violations)
+        raise_if_invalid(violations)
         commit = await self._writer.apply(
             request.organization,
             mutations,
             actor=actor,
             reason=request.reason,
-            request=_request_key("BatchSetConfig", request),
+            request=request_key("BatchSetConfig", request),
         )
         # History keeps (service, key) order; the answer follows the request's order.
         position = {(m.service, m.key): i for i, m in enumerate(mutations)}
@@ -158,8 +127,8 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def GetConfig(
         self, request: config_pb2.GetConfigRequest, context: Any
     ) -> config_pb2.ConfigEntry:
-        _authorize(request.organization, READ)
-        _raise_if(
+        authorize(request.organization, READ)
+        raise_if_invalid(
             check_organization(request.organization)
             + check_name(request.service, "service")
             + check_name(request.key, "key")
@@ -170,11 +139,11 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def ListConfigs(
         self, request: config_pb2.ListConfigsRequest, context: Any
     ) -> config_pb2.ListConfigsResponse:
-        _authorize(request.organization, READ)
+        authorize(request.organization, READ)
         violations = check_organization(request.organization)
         if request.service:
             violations += check_name(request.service, "service")
-        _raise_if(violations)
+        raise_if_invalid(violations)
         limit = page_size(request.page_size)
         binding = [request.organization, request.service, request.page_size]
         after = decode_token(request.page_token, request=binding)
@@ -197,8 +166,8 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def DeleteConfig(
         self, request: config_pb2.DeleteConfigRequest, context: Any
     ) -> empty_pb2.Empty:
-        actor = _authorize(request.organization, WRITE)
-        _raise_if(
+        actor = authorize(request.organization, WRITE)
+        raise_if_invalid(
             check_organization(request.organization)
             + check_name(request.service, "service")
             + check_name(request.key, "key")
@@ -216,14 +185,14 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             [mutation],
             actor=actor,
             reason=request.reason,
-            request=_request_key("DeleteConfig", request),
+            request=request_key("DeleteConfig", request),
         )
         return empty_pb2.Empty()
 
     async def ListConfigHistory(
         self, request: config_pb2.ListConfigHistoryRequest, context: Any
     ) -> config_pb2.ListConfigHistoryResponse:
-        _authorize(request.organization, READ)
+        authorize(request.organization, READ)
         violations = check_organization(request.organization)
         if request.service:
             violations += check_name(request.service, "service")
@@ -237,7 +206,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             violations.append(FieldViolation("end_revision", "must not be negative"))
         if request.end_revision and request.end_revision < request.start_revision:
             violations.append(FieldViolation("end_revision", "must be >= start_revision"))
-        _raise_if(violations)
+        raise_if_invalid(violations)
         limit = page_size(request.page_size)
         binding = [
             request.organization,
@@ -269,7 +238,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def RollbackConfig(
         self, request: config_pb2.RollbackConfigRequest, context: Any
     ) -> config_pb2.RollbackConfigResponse:
-        actor = _authorize(request.organization, WRITE)
+        actor = authorize(request.organization, WRITE)
         violations = check_organization(request.organization) + check_reason(request.reason)
         if request.revision < 0:
             violations.append(FieldViolation("revision", "must not be negative"))
@@ -279,7 +248,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             violations += check_name(request.key, "key")
             if not request.service:
                 violations.append(FieldViolation("service", "required when key is given"))
-        _raise_if(violations)
+        raise_if_invalid(violations)
         commit = await self._writer.rollback(
             request.organization,
             request.revision,
@@ -287,7 +256,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             key=request.key,
             actor=actor,
             reason=request.reason,
-            request=_request_key("RollbackConfig", request),
+            request=request_key("RollbackConfig", request),
         )
         return config_pb2.RollbackConfigResponse(
             revision=commit.revision,
@@ -298,35 +267,37 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         self, request: config_pb2.SetConfigSchemaRequest, context: Any
     ) -> config_pb2.ConfigSchema:
         schema = request.schema
-        _authorize(schema.organization, WRITE)
+        authorize(schema.organization, WRITE)
         violations = check_organization(schema.organization, "schema.organization")
         violations += check_name(schema.service, "schema.service")
         for i, key in enumerate(schema.keys):
             if key.type == config_pb2.VALUE_TYPE_UNSPECIFIED:
                 violations.append(FieldViolation(f"schema.keys[{i}].type", "required"))
-        _raise_if(violations)
+        raise_if_invalid(violations)
         stored = await self._writer.set_schema(
             schema.organization,
             schema.service,
             convert.schema_from_proto(schema),
             expected_etag=schema.etag,
-            request=_request_key("SetConfigSchema", request),
+            request=request_key("SetConfigSchema", request),
         )
         return convert.schema_to_proto(schema.organization, stored)
 
     async def GetConfigSchema(
         self, request: config_pb2.GetConfigSchemaRequest, context: Any
     ) -> config_pb2.ConfigSchema:
-        _authorize(request.organization, READ)
-        _raise_if(check_organization(request.organization) + check_name(request.service, "service"))
+        authorize(request.organization, READ)
+        raise_if_invalid(
+            check_organization(request.organization) + check_name(request.service, "service")
+        )
         stored = await self._reader.schema(request.organization, request.service)
         return convert.schema_to_proto(request.organization, stored)
 
     async def ListConfigSchemas(
         self, request: config_pb2.ListConfigSchemasRequest, context: Any
     ) -> config_pb2.ListConfigSchemasResponse:
-        _authorize(request.organization, READ)
-        _raise_if(check_organization(request.organization))
+        authorize(request.organization, READ)
+        raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size)
         binding = [request.organization, request.page_size]
         after = decode_token(request.page_token, request=binding) or ""
@@ -343,8 +314,10 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def DeleteConfigSchema(
         self, request: config_pb2.DeleteConfigSchemaRequest, context: Any
     ) -> empty_pb2.Empty:
-        _authorize(request.organization, WRITE)
-        _raise_if(check_organization(request.organization) + check_name(request.service, "service"))
+        authorize(request.organization, WRITE)
+        raise_if_invalid(
+            check_organization(request.organization) + check_name(request.service, "service")
+        )
         await self._writer.delete_schema(
             request.organization, request.service, expected_etag=request.etag
         )
@@ -353,13 +326,13 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     async def WatchConfig(
         self, request: config_pb2.WatchConfigRequest, context: Any
     ) -> AsyncIterator[config_pb2.WatchConfigResponse]:
-        _authorize(request.organization, READ)
+        authorize(request.organization, READ)
         violations = check_organization(request.organization)
         for i, service in enumerate(request.services):
             violations += check_name(service, f"services[{i}]")
         if request.start_revision < 0:
             violations.append(FieldViolation("start_revision", "must not be negative"))
-        _raise_if(violations)
+        raise_if_invalid(violations)
         interval = DEFAULT_PROGRESS_SECONDS
         if request.HasField("progress_interval"):
             interval = min(max(request.progress_interval.ToTimedelta().total_seconds(), 1.0), 60.0)

@@ -3,7 +3,6 @@ organization's revision bump; the notification goes out after the commit."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 
@@ -24,18 +23,10 @@ from servicekit.errors import (
     InvalidArgument,
     NotFound,
 )
+from servicekit.requests import RequestKey
 
 # Called after a commit with (organization, revision): fans the change out.
 Notify = Callable[[str, int], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestKey:
-    """Identifies a retried request (AIP-155): its id, method and a digest of its body."""
-
-    request_id: str
-    method: str
-    fingerprint: str
 
 
 class ConfigWriter:

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from provisioner.domain.quantity import QuantityError, parse_quantity
 from servicekit.errors import FieldViolation
 
-ORGANIZATION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
 # Label name part and value: at most 63 characters, alphanumerics at both ends.
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(
@@ -26,21 +25,6 @@ RESERVED_LABEL_PREFIXES = (
     "k8s.io/",
     "app.kubernetes.io/managed-by",
 )
-
-
-def check_organization(organization: str, field: str = "organization") -> list[FieldViolation]:
-    """A slug: 3-40 lowercase letters, digits and '-', alphanumeric at both ends."""
-    if not organization:
-        return [FieldViolation(field, "required")]
-    if not ORGANIZATION_RE.match(organization):
-        return [
-            FieldViolation(
-                field,
-                "must be 3-40 lowercase letters, digits or '-', starting and ending with a "
-                "letter or digit",
-            )
-        ]
-    return []
 
 
 def check_owners(owners: Sequence[str], field: str = "owners") -> list[FieldViolation]:

@@ -4,89 +4,32 @@ call path (:mod:`servicekit.rpc`)."""
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from typing import Any
 
 from agentready.provisioner.v1 import provisioner_pb2 as pb
 from agentready.provisioner.v1 import provisioner_service_pb2_grpc
-from google.protobuf import message
 
 from provisioner.domain.checks import (
     check_labels,
-    check_organization,
     check_owners,
     check_quantity,
     check_reason,
 )
 from provisioner.domain.model import QUOTA_FIELDS, Quota
 from provisioner.entrypoints import convert
-from provisioner.service_layer.tenants import RequestKey, Tenants
-from servicekit.errors import FieldViolation, InvalidArgument, PermissionDenied
+from provisioner.service_layer.tenants import Tenants
+from servicekit.errors import FieldViolation, InvalidArgument
 from servicekit.pagination import decode_token, encode_token, page_size
-from servicekit.rpc import current_principal
+from servicekit.requests import (
+    check_organization,
+    check_request_id,
+    raise_if_invalid,
+    request_key,
+)
+from servicekit.rpc import authorize, authorize_operator
 
 READ, WRITE = "provisioner:read", "provisioner:write"
 DEFAULT_PAGE_SIZE = 50
-
-
-def _raise_if(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations), violations=violations
-        )
-
-
-def _authorize(organization: str, scope: str) -> str:
-    """The caller's subject, after checking it acts in ``organization`` with ``scope``."""
-    principal = current_principal()
-    principal.require(organization, scope)
-    return principal.subject
-
-
-def _authorize_operator(scope: str) -> str:
-    """Calls spanning organizations: a token scoped to no organization, with ``scope``."""
-    principal = current_principal()
-    if principal.organization is not None:
-        raise PermissionDenied(
-            "listing environments needs an operator token that is not scoped to one "
-            f"organization (this one is scoped to {principal.organization!r})",
-            reason="WRONG_ORGANIZATION",
-            metadata={"organization": principal.organization},
-        )
-    if scope not in principal.scopes:
-        raise PermissionDenied(
-            f"the token lacks the scope {scope!r}",
-            reason="MISSING_SCOPE",
-            metadata={"scope": scope},
-        )
-    return principal.subject
-
-
-def _request_key(method: str, request: Any) -> RequestKey | None:
-    """The idempotency key of a write (AIP-155), or None without a request id."""
-    request_id: str = request.request_id
-    if not request_id:
-        return None
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
-        raise InvalidArgument.field("request_id", "must be a UUID") from None
-    body: message.Message = type(request)()
-    body.CopyFrom(request)
-    body.ClearField("request_id")
-    digest = hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
-    return RequestKey(request_id, method, digest)
-
-
-def _check_request_id(request_id: str) -> list[FieldViolation]:
-    if not request_id:
-        return []
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
-        return [FieldViolation("request_id", "must be a UUID")]
-    return []
 
 
 def _quota_violations(
@@ -107,14 +50,14 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
     async def ProvisionTenant(
         self, request: pb.ProvisionTenantRequest, context: Any
     ) -> pb.TenantEnvironment:
-        actor = _authorize(request.organization, WRITE)
+        actor = authorize(request.organization, WRITE)
         labels = dict(request.labels)
-        _raise_if(
+        raise_if_invalid(
             check_organization(request.organization)
             + check_owners(list(request.owners))
             + _quota_violations(request.quota)
             + check_labels(labels)
-            + _check_request_id(request.request_id)
+            + check_request_id(request.request_id)
         )
         owners = list(dict.fromkeys(request.owners))  # duplicates bind once
         quota = Quota.with_defaults(request.quota.cpu, request.quota.memory, request.quota.storage)
@@ -124,21 +67,21 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
             quota=quota,
             labels=labels,
             actor=actor,
-            request=_request_key("ProvisionTenant", request),
+            request=request_key("ProvisionTenant", request),
         )
         return convert.environment_to_proto(env)
 
     async def GetTenantEnvironment(
         self, request: pb.GetTenantEnvironmentRequest, context: Any
     ) -> pb.TenantEnvironment:
-        _authorize(request.organization, READ)
-        _raise_if(check_organization(request.organization))
+        authorize(request.organization, READ)
+        raise_if_invalid(check_organization(request.organization))
         return convert.environment_to_proto(await self._tenants.get(request.organization))
 
     async def ListTenantEnvironments(
         self, request: pb.ListTenantEnvironmentsRequest, context: Any
     ) -> pb.ListTenantEnvironmentsResponse:
-        _authorize_operator(READ)
+        authorize_operator(READ)
         if request.state != pb.TenantEnvironment.STATE_UNSPECIFIED and (
             request.state not in convert.STATES_BY_PROTO
         ):
@@ -159,9 +102,9 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
     async def UpdateTenantQuota(
         self, request: pb.UpdateTenantQuotaRequest, context: Any
     ) -> pb.TenantEnvironment:
-        actor = _authorize(request.organization, WRITE)
+        actor = authorize(request.organization, WRITE)
         violations = check_organization(request.organization) + check_reason(request.reason)
-        violations += _check_request_id(request.request_id)
+        violations += check_request_id(request.request_id)
         paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
         fields: tuple[str, ...]
         if not paths:
@@ -183,22 +126,22 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
                 )
             fields = tuple(p for p in QUOTA_FIELDS if p in paths)
         violations += _quota_violations(request.quota, fields)
-        _raise_if(violations)
+        raise_if_invalid(violations)
         env = await self._tenants.update_quota(
             request.organization,
             fields={f: getattr(request.quota, f) for f in fields},
             etag=request.etag,
             actor=actor,
             reason=request.reason,
-            request=_request_key("UpdateTenantQuota", request),
+            request=request_key("UpdateTenantQuota", request),
         )
         return convert.environment_to_proto(env)
 
     async def ListQuotaHistory(
         self, request: pb.ListQuotaHistoryRequest, context: Any
     ) -> pb.ListQuotaHistoryResponse:
-        _authorize(request.organization, READ)
-        _raise_if(check_organization(request.organization))
+        authorize(request.organization, READ)
+        raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         binding = [request.organization, request.page_size]
         after = decode_token(request.page_token, request=binding) or 0
@@ -217,18 +160,20 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
     async def DeprovisionTenant(
         self, request: pb.DeprovisionTenantRequest, context: Any
     ) -> pb.TenantEnvironment:
-        _authorize(request.organization, WRITE)
-        _raise_if(check_organization(request.organization) + _check_request_id(request.request_id))
+        authorize(request.organization, WRITE)
+        raise_if_invalid(
+            check_organization(request.organization) + check_request_id(request.request_id)
+        )
         env = await self._tenants.deprovision(
             request.organization,
             etag=request.etag,
-            request=_request_key("DeprovisionTenant", request),
+            request=request_key("DeprovisionTenant", request),
         )
         return convert.environment_to_proto(env)
 
     async def ReconcileTenant(
         self, request: pb.ReconcileTenantRequest, context: Any
     ) -> pb.TenantEnvironment:
-        _authorize(request.organization, WRITE)
-        _raise_if(check_organization(request.organization))
+        authorize(request.organization, WRITE)
+        raise_if_invalid(check_organization(request.organization))
         return convert.environment_to_proto(await self._tenants.reconcile(request.organization))

@@ -39,19 +39,11 @@ from provisioner.domain.model import (
 )
 from provisioner.domain.quantity import parse_quantity
 from servicekit.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from servicekit.requests import RequestKey
 
 log = logging.getLogger(__name__)
 
 RESOURCE = "TenantEnvironment"
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestKey:
-    """A retried request (AIP-155): its id, method and a digest of its body."""
-
-    request_id: str
-    method: str
-    fingerprint: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from provisioner.adapters.kubernetes import classify
 from provisioner.app import SETTINGS, choose_backend
-from provisioner.domain.checks import check_labels, check_organization, check_owners
+from provisioner.domain.checks import check_labels, check_owners
 from provisioner.domain.model import (
     ApplyReport,
     BackendError,
@@ -28,6 +28,7 @@ from provisioner.domain.model import (
 from provisioner.domain.quantity import QuantityError, parse_quantity
 from provisioner.service_layer.tenants import Timing, same_quota
 from servicekit.errors import SettingsError
+from servicekit.requests import check_organization
 
 
 @pytest.mark.parametrize(
