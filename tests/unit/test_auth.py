@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http.server
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,3 +161,30 @@ def test_principal_requires_its_own_organization_and_the_scope() -> None:
     with pytest.raises(PermissionDenied) as missing:
         principal.require("acme", "config:write")
     assert missing.value.reason == "MISSING_SCOPE"
+
+
+async def test_keys_can_come_from_a_jwks_url() -> None:
+    signer, jwk = make_signer()
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
+        keys = await asyncio.to_thread(KeySet, url=url)
+        verifier = TokenVerifier(keys, issuer="agentready", audience="agentready")
+        assert (await verifier.verify(mint(signer))).subject == "user-1"
+    finally:
+        server.shutdown()
+        server.server_close()
