@@ -91,6 +91,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
 
     tasks = [
         asyncio.create_task(hub.run_poller(), name="config-poller"),
+        asyncio.create_task(hub.run_progress(), name="config-progress"),
         asyncio.create_task(notifier.run_publisher(), name="config-publisher"),
         asyncio.create_task(notifier.run_subscriber(), name="config-subscriber"),
         asyncio.create_task(

@@ -323,7 +323,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         )
         return empty_pb2.Empty()
 
-    async def WatchConfig(
+    def WatchConfig(
         self, request: config_pb2.WatchConfigRequest, context: Any
     ) -> AsyncIterator[config_pb2.WatchConfigResponse]:
         authorize(request.organization, READ)
@@ -336,7 +336,8 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         interval = DEFAULT_PROGRESS_SECONDS
         if request.HasField("progress_interval"):
             interval = min(max(request.progress_interval.ToTimedelta().total_seconds(), 1.0), 60.0)
-        stream = watch_use_case.watch(
+        # The use case's generator is the stream itself: no extra layer per message.
+        return watch_use_case.watch(
             self._hub,
             self._store,
             self._messages,
@@ -345,5 +346,3 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             start_revision=request.start_revision,
             progress_interval=interval,
         )
-        async for response in stream:
-            yield response

@@ -16,10 +16,13 @@ from typing import Any, Protocol
 from config_service import metrics
 from config_service.adapters import postgres as pg
 from config_service.domain.model import Entry, Event
-from config_service.service_layer.hub import OVERFLOW, RESET, SHUTDOWN, Hub
+from config_service.service_layer.hub import OVERFLOW, PROGRESS, RESET, SHUTDOWN, Hub
 from servicekit.errors import Unavailable
 
 REPLAY_BATCH = 500
+SENT_SNAPSHOT = metrics.WATCH_EVENTS_SENT.labels("snapshot")
+SENT_CHANGE = metrics.WATCH_EVENTS_SENT.labels("change")
+SENT_PROGRESS = metrics.WATCH_EVENTS_SENT.labels("progress")
 
 
 class WatchEncoder(Protocol):
@@ -65,7 +68,8 @@ async def watch(
             history it needed vanished (``WATCH_RESET``); it resumes from its last
             revision.
     """
-    watcher = await hub.watch(organization, services)
+    watcher = await hub.watch(organization, services, progress_interval=progress_interval)
+    loop = asyncio.get_running_loop()
     try:
         async with store.transaction(organization, snapshot=True) as conn:
             revision, compacted = await pg.read_revision(conn, organization)
@@ -80,7 +84,7 @@ async def watch(
                 )
         compact = _compact_revision(revision, compacted)
         if snapshot:
-            metrics.WATCH_EVENTS_SENT.labels("snapshot").inc()
+            SENT_SNAPSHOT.inc()
             yield encoder.snapshot(
                 organization, revision, compact, entries, start_revision > 0, commit_time
             )
@@ -88,17 +92,16 @@ async def watch(
             async for message in _replay(
                 store, encoder, organization, services, start_revision, revision
             ):
-                metrics.WATCH_EVENTS_SENT.labels("change").inc()
+                SENT_CHANGE.inc()
                 yield message
-            metrics.WATCH_EVENTS_SENT.labels("progress").inc()
+            SENT_PROGRESS.inc()
             yield encoder.progress(revision, compact)
         last = revision
         while True:
-            try:
-                async with asyncio.timeout(progress_interval):
-                    item = await watcher.queue.get()
-            except TimeoutError:
-                metrics.WATCH_EVENTS_SENT.labels("progress").inc()
+            watcher.last_sent = loop.time()
+            item = await watcher.get()
+            if item is PROGRESS:
+                SENT_PROGRESS.inc()
                 yield encoder.progress(last, compact)
                 continue
             if item is OVERFLOW:
@@ -124,7 +127,7 @@ async def watch(
                 continue  # already in the initial state
             last = item_revision
             if message is not None:
-                metrics.WATCH_EVENTS_SENT.labels("change").inc()
+                SENT_CHANGE.inc()
                 yield message
     finally:
         hub.unwatch(watcher)
