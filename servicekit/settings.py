@@ -34,6 +34,7 @@ class Settings:
     log_level: str
     log_format: str
     event_loop: str
+    gc_thresholds: tuple[int, int, int] | None
     shutdown_grace_seconds: float
     shutdown_drain_seconds: float
     db_pool_min: int
@@ -84,6 +85,11 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("LOG_LEVEL", "INFO", "One of DEBUG, INFO, WARNING, ERROR."),
     ("LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
     ("EVENT_LOOP", "uvloop", "`uvloop` (faster) or `asyncio` (the standard library's)."),
+    (
+        "GC_THRESHOLDS",
+        "50000,50,100",
+        "Python garbage-collector thresholds once serving; `default` keeps Python's.",
+    ),
     ("SHUTDOWN_GRACE_SECONDS", "10", "How long in-flight RPCs may finish after SIGTERM."),
     (
         "SHUTDOWN_DRAIN_SECONDS",
@@ -264,6 +270,7 @@ def load_settings(
         log_level=read.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         log_format=read.choice("LOG_FORMAT", "json", LOG_FORMATS, upper=False),
         event_loop=read.choice("EVENT_LOOP", "uvloop", EVENT_LOOPS, upper=False),
+        gc_thresholds=_gc_thresholds(read),
         shutdown_grace_seconds=read.seconds("SHUTDOWN_GRACE_SECONDS", 10.0, hi=3600),
         shutdown_drain_seconds=read.seconds("SHUTDOWN_DRAIN_SECONDS", 0.0, hi=600),
         db_pool_min=pool_min,
@@ -286,3 +293,18 @@ def _read_extra(read: _Reader, name: str, spec: ExtraSetting) -> Any:
             raise SettingsError(f"{name}={value:g}: below the minimum {spec.lo:g}")
         return value
     return read.string(name, spec.default)
+
+
+def _gc_thresholds(read: _Reader) -> tuple[int, int, int] | None:
+    var, value = read.raw("GC_THRESHOLDS")
+    if value is not None and value.lower() == "default":
+        return None
+    try:
+        numbers = tuple(int(part, 10) for part in (value or "50000,50,100").split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or any(n < 1 for n in numbers):
+        raise SettingsError(
+            f"{var}={value!r}: expected three positive whole numbers, e.g. 700,10,10"
+        )
+    return numbers[0], numbers[1], numbers[2]

@@ -26,6 +26,12 @@ def test_metrics_can_be_turned_off() -> None:
     assert load_settings("config", {"CONFIG_METRICS_PORT": "0"}).metrics_port == 0
 
 
+def test_gc_thresholds_default_and_opt_out() -> None:
+    assert load_settings("config", {}).gc_thresholds == (50000, 50, 100)
+    assert load_settings("config", {"GC_THRESHOLDS": "default"}).gc_thresholds is None
+    assert load_settings("config", {"GC_THRESHOLDS": "700,10,10"}).gc_thresholds == (700, 10, 10)
+
+
 def test_unix_socket_database_url_is_accepted() -> None:
     url = "postgresql://postgres:@/postgres?host=/tmp/pg"
     assert load_settings("config", {"DATABASE_URL": url}).database_url == url
@@ -52,6 +58,7 @@ def test_unix_socket_database_url_is_accepted() -> None:
             "JWT_JWKS_FILE='/nonexistent/jwks.json': no such file",
         ),
         ({"JWT_JWKS_URL": "ftp://keys"}, "JWT_JWKS_URL='ftp://keys': expected an http"),
+        ({"GC_THRESHOLDS": "1,2"}, "GC_THRESHOLDS='1,2': expected three positive whole numbers"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(env: dict[str, str], message: str) -> None:
