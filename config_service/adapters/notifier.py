@@ -44,23 +44,30 @@ class Notifier:
             self._outbox.put_nowait((organization, revision))
 
     async def run_publisher(self) -> None:
-        """Sends queued notifications, several per round trip when they pile up."""
+        """Sends queued notifications, several per round trip when they pile up.
+
+        Notifications that pile up for one organization collapse into its latest
+        revision: a subscriber reads every revision up to the one it is told of, so
+        the earlier ones would only cost every replica a message to parse.
+        """
         while True:
-            batch = [await self._outbox.get()]
-            while not self._outbox.empty() and len(batch) < 500:
-                batch.append(self._outbox.get_nowait())
+            organization, revision = await self._outbox.get()
+            latest = {organization: revision}
+            while not self._outbox.empty() and len(latest) < 500:
+                organization, revision = self._outbox.get_nowait()
+                latest[organization] = max(revision, latest.get(organization, 0))
             try:
-                if len(batch) == 1:  # the common case: skip the pipeline's set-up
-                    organization, revision = batch[0]
+                if len(latest) == 1:  # the common case: skip the pipeline's set-up
+                    ((organization, revision),) = latest.items()
                     await self._redis.publish(self._prefix + organization, str(revision))
                 else:
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        for organization, revision in batch:
+                        for organization, revision in latest.items():
                             pipe.publish(self._prefix + organization, str(revision))
                         await pipe.execute()
             except (RedisError, OSError) as exc:
                 # Subscribers learn of these revisions by polling PostgreSQL.
-                log.debug("dropped %d notifications: %s", len(batch), exc)
+                log.debug("dropped %d notifications: %s", len(latest), exc)
 
     async def run_subscriber(self) -> None:
         """Receives notifications forever, reconnecting with backoff and jitter."""
