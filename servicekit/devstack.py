@@ -26,10 +26,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from servicekit.auth import ROLE_SCOPES, TokenSigner, generate_signing_key, public_jwk
 
@@ -194,33 +196,80 @@ def mint_dev_token(
     return token
 
 
+LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@contextlib.contextmanager
+def postgres_server(folder: Path, *, try_local: bool) -> Iterator[str]:
+    """A PostgreSQL server's URL: ``DATABASE_URL``; else, with ``try_local``, the one on
+    127.0.0.1:5432 if it answers; else an embedded one kept in ``folder``."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+    elif try_local and port_open("127.0.0.1", 5432):
+        yield LOCAL_POSTGRES_URL
+    else:
+        embedded = EmbeddedPostgres(folder)
+        try:
+            url = embedded.start()
+            print(f"  embedded PostgreSQL  {folder}", file=sys.stderr, flush=True)
+            yield url
+        finally:
+            embedded.stop()
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path, *, try_local: bool) -> Iterator[str]:
+    """A Redis server's URL: ``REDIS_URL``; else, with ``try_local``, the one on
+    127.0.0.1:6379 if it answers; else an embedded one on a free port."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+    elif try_local and port_open("127.0.0.1", 6379):
+        yield LOCAL_REDIS_URL
+    else:
+        embedded = EmbeddedRedis(folder)
+        try:
+            url = embedded.start()
+            print(f"  embedded Redis       {url}", file=sys.stderr, flush=True)
+            yield url
+        finally:
+            embedded.stop()
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on that server (its URL), dropped afterwards."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @contextlib.contextmanager
 def backing_services(folder: Path) -> Iterator[dict[str, str]]:
     """PostgreSQL and Redis for ``make run``: the configured ones, else embedded ones.
 
     Yields the environment variables (``DATABASE_URL``, ``REDIS_URL``) to hand on.
     """
-    started: list[EmbeddedPostgres | EmbeddedRedis] = []
-    env: dict[str, str] = {}
-    try:
-        if os.environ.get("DATABASE_URL"):
-            env["DATABASE_URL"] = os.environ["DATABASE_URL"]
-        else:
-            postgres = EmbeddedPostgres(folder / "postgres")
-            env["DATABASE_URL"] = postgres.start()
-            started.append(postgres)
-            print(f"  embedded PostgreSQL  {postgres.folder}", flush=True)
-        if os.environ.get("REDIS_URL"):
-            env["REDIS_URL"] = os.environ["REDIS_URL"]
-        else:
-            redis_server = EmbeddedRedis(folder / "redis")
-            env["REDIS_URL"] = redis_server.start()
-            started.append(redis_server)
-            print(f"  embedded Redis       {env['REDIS_URL']}", flush=True)
-        yield env
-    finally:
-        for service in reversed(started):
-            service.stop()
+    with (
+        postgres_server(folder / "postgres", try_local=False) as database_url,
+        redis_server(folder / "redis", try_local=False) as redis_url,
+    ):
+        yield {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
 
 
 def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:

@@ -75,48 +75,41 @@ class InvalidArgument(AgentReadyError):
         return cls(f"{field}: {description}", violations=[FieldViolation(field, description)])
 
 
-class NotFound(AgentReadyError):
+class _ResourceError(AgentReadyError):
+    """An error about one named resource (``ResourceInfo`` in the status)."""
+
+    summary = ""
+
+    def __init__(
+        self,
+        resource_type: str,
+        name: str,
+        message: str | None = None,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message or f"{resource_type} {name!r} {self.summary}", reason=reason, metadata=metadata
+        )
+        self.resource_type = resource_type
+        self.resource_name = name
+
+
+class NotFound(_ResourceError):
     """The addressed resource does not exist (or the caller may not know it does)."""
 
     code_name = "NOT_FOUND"
     default_reason = "NOT_FOUND"
-
-    def __init__(
-        self,
-        resource_type: str,
-        name: str,
-        message: str | None = None,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            message or f"{resource_type} {name!r} not found", reason=reason, metadata=metadata
-        )
-        self.resource_type = resource_type
-        self.resource_name = name
+    summary = "not found"
 
 
-class AlreadyExists(AgentReadyError):
+class AlreadyExists(_ResourceError):
     """A resource with that name already exists."""
 
     code_name = "ALREADY_EXISTS"
     default_reason = "ALREADY_EXISTS"
-
-    def __init__(
-        self,
-        resource_type: str,
-        name: str,
-        message: str | None = None,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            message or f"{resource_type} {name!r} already exists", reason=reason, metadata=metadata
-        )
-        self.resource_type = resource_type
-        self.resource_name = name
+    summary = "already exists"
 
 
 class Aborted(AgentReadyError):

@@ -33,6 +33,19 @@ def check_organization(organization: str, field: str = "organization") -> list[F
     return []
 
 
+MAX_REASON_CHARS = 500
+
+
+def check_reason(reason: str, field: str = "reason") -> list[FieldViolation]:
+    """A change's reason, kept in history: at most 500 characters, no NUL (which
+    PostgreSQL text cannot hold)."""
+    if len(reason) > MAX_REASON_CHARS:
+        return [FieldViolation(field, f"at most {MAX_REASON_CHARS} characters")]
+    if "\x00" in reason:
+        return [FieldViolation(field, "must not contain NUL (U+0000) characters")]
+    return []
+
+
 def raise_if_invalid(violations: Sequence[FieldViolation]) -> None:
     """Raises INVALID_ARGUMENT naming every violation, if there is any."""
     if violations:

@@ -8,68 +8,36 @@ fresh database of its own, dropped at the end. Redis: ``REDIS_URL``, else
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from servicekit.auth import ROLE_SCOPES, TokenSigner, generate_signing_key
-from servicekit.devstack import REPO_ROOT, EmbeddedPostgres, EmbeddedRedis, port_open
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
+from servicekit.devstack import REPO_ROOT, postgres_server, redis_server, scratch_database
 
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
-    """A URL of a PostgreSQL server the suite may create databases on."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"]
-    elif port_open("127.0.0.1", 5432):
-        yield "postgresql://postgres@127.0.0.1:5432/postgres"
-    else:
-        embedded = EmbeddedPostgres(REPO_ROOT / ".data" / "test-postgres")
-        yield embedded.start()
-        embedded.stop()
+    """A PostgreSQL server the suite may create databases on (see the module doc)."""
+    with postgres_server(REPO_ROOT / ".data" / "test-postgres", try_local=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database for this test session."""
-    name = f"agentready_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield _with_database(postgres_server_url, name)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(postgres_server_url, "agentready_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A URL of a running Redis server."""
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-    elif port_open("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/0"
-    else:
-        embedded = EmbeddedRedis(REPO_ROOT / ".data" / "test-redis")
-        yield embedded.start()
-        embedded.stop()
+    with redis_server(REPO_ROOT / ".data" / "test-redis", try_local=True) as url:
+        yield url
 
 
 class Keys:

@@ -14,7 +14,6 @@ from servicekit.errors import FieldViolation
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 MAX_VALUE_BYTES = 64 * 1024
-MAX_REASON_CHARS = 500
 MAX_LIST_ITEMS = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -122,15 +121,6 @@ def check_name(name: str, field: str) -> list[FieldViolation]:
 
 _NUL = "\x00"
 _NUL_MESSAGE = "must not contain NUL (U+0000) characters"
-
-
-def check_reason(reason: str, field: str = "reason") -> list[FieldViolation]:
-    """A change reason: at most 500 characters, no NUL."""
-    if len(reason) > MAX_REASON_CHARS:
-        return [FieldViolation(field, f"at most {MAX_REASON_CHARS} characters")]
-    if _NUL in reason:
-        return [FieldViolation(field, _NUL_MESSAGE)]
-    return []
 
 
 def _check_text(text: str, field: str) -> list[FieldViolation]:

@@ -11,7 +11,7 @@ from google.protobuf import empty_pb2
 
 from config_service.adapters.postgres import ConfigStore
 from config_service.domain.model import Mutation
-from config_service.domain.values import check_name, check_reason, check_value
+from config_service.domain.values import check_name, check_value
 from config_service.entrypoints import convert
 from config_service.service_layer import watch as watch_use_case
 from config_service.service_layer.hub import Hub
@@ -19,7 +19,12 @@ from config_service.service_layer.reads import ConfigReader
 from config_service.service_layer.writes import ConfigWriter
 from servicekit.errors import FieldViolation, InvalidArgument
 from servicekit.pagination import decode_token, encode_token, page_size
-from servicekit.requests import check_organization, raise_if_invalid, request_key
+from servicekit.requests import (
+    check_organization,
+    check_reason,
+    raise_if_invalid,
+    request_key,
+)
 from servicekit.rpc import authorize
 
 READ, WRITE = "config:read", "config:write"

@@ -16,7 +16,6 @@ _DNS_SUBDOMAIN = re.compile(
 MAX_LABELS = 32
 MAX_OWNERS = 100
 MAX_SUBJECT = 253
-MAX_REASON = 500
 # Label prefixes the Provisioner manages itself; a request may not set them.
 RESERVED_LABEL_PREFIXES = (
     "agentready.io/",
@@ -93,11 +92,4 @@ def check_quantity(value: str, field: str) -> list[FieldViolation]:
         parse_quantity(value)
     except QuantityError as exc:
         return [FieldViolation(field, str(exc))]
-    return []
-
-
-def check_reason(reason: str, field: str = "reason") -> list[FieldViolation]:
-    """At most 500 characters."""
-    if len(reason) > MAX_REASON:
-        return [FieldViolation(field, f"at most {MAX_REASON} characters")]
     return []

@@ -13,7 +13,6 @@ from provisioner.domain.checks import (
     check_labels,
     check_owners,
     check_quantity,
-    check_reason,
 )
 from provisioner.domain.model import QUOTA_FIELDS, Quota
 from provisioner.entrypoints import convert
@@ -22,6 +21,7 @@ from servicekit.errors import FieldViolation, InvalidArgument
 from servicekit.pagination import decode_token, encode_token, page_size
 from servicekit.requests import (
     check_organization,
+    check_reason,
     check_request_id,
     raise_if_invalid,
     request_key,

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 import grpc
 import pytest
 from agentready.provisioner.v1 import provisioner_pb2 as pb
 from agentready.provisioner.v1 import provisioner_service_pb2_grpc
 
 from provisioner.app import SPEC
+from servicekit.devstack import scratch_database
 from servicekit.server import RunningServer, start
 from servicekit.settings import load_settings
 from tests.conftest import Keys
@@ -35,32 +35,12 @@ def new_org() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-async def fresh_database(server_url: str) -> str:
-    """A new database on the test server (the provisioner tests' own: the session's
-    servers run a reconcile loop of their own on the shared one)."""
-    name = f"agentready_prov_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-async def drop_database(server_url: str, url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
-async def prov_database_url(postgres_server_url: str) -> AsyncIterator[str]:
-    url = await fresh_database(postgres_server_url)
-    yield url
-    await drop_database(postgres_server_url, url)
+def prov_database_url(postgres_server_url: str) -> Iterator[str]:
+    """A database of the provisioner tests' own: the session's servers run a reconcile
+    loop of their own on the shared one."""
+    with scratch_database(postgres_server_url, "agentready_prov") as url:
+        yield url
 
 
 async def start_provisioner(
