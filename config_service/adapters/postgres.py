@@ -96,17 +96,7 @@ async def begin_write(
         sorted(set(schema_services)),
     )
     assert row is not None
-    entries = {
-        (e["service"], e["key"]): Entry(
-            service=e["service"],
-            key=e["key"],
-            value=ConfigValue.from_json(e["value"]),
-            revision=int(e["revision"]),
-            updated_at=dt.datetime.fromisoformat(e["updated_at"]),
-            updated_by=e["updated_by"],
-        )
-        for e in row["entries"]
-    }
+    entries = {(e["service"], e["key"]): Entry.from_json(e) for e in row["entries"]}
     schemas = {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()}
     return WriteState(int(row["revision"]), int(row["compact_revision"]), entries, schemas)
 

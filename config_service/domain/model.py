@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from config_service.domain.values import ConfigValue
@@ -23,6 +24,31 @@ class Entry:
     updated_at: dt.datetime | None
     updated_by: str
     is_default: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (the shape ``config.begin_write`` returns entries in, too)."""
+        return {
+            "service": self.service,
+            "key": self.key,
+            "value": self.value.to_json(),
+            "revision": self.revision,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "updated_by": self.updated_by,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Entry:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            service=data["service"],
+            key=data["key"],
+            value=ConfigValue.from_json(data["value"]),
+            revision=int(data["revision"]),
+            updated_at=dt.datetime.fromisoformat(data["updated_at"])
+            if data["updated_at"]
+            else None,
+            updated_by=data["updated_by"],
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,17 +147,7 @@ class Commit:
         return {
             "revision": self.revision,
             "changes": [c.to_json() for c in self.changes],
-            "entries": [
-                {
-                    "service": e.service,
-                    "key": e.key,
-                    "value": e.value.to_json(),
-                    "revision": e.revision,
-                    "updated_at": e.updated_at.isoformat() if e.updated_at else None,
-                    "updated_by": e.updated_by,
-                }
-                for e in self.entries
-            ],
+            "entries": [e.to_json() for e in self.entries],
         }
 
     @classmethod
@@ -140,17 +156,7 @@ class Commit:
         return cls(
             revision=data["revision"],
             changes=tuple(Change.from_json(c) for c in data["changes"]),
-            entries=tuple(
-                Entry(
-                    e["service"],
-                    e["key"],
-                    ConfigValue.from_json(e["value"]),
-                    e["revision"],
-                    dt.datetime.fromisoformat(e["updated_at"]) if e["updated_at"] else None,
-                    e["updated_by"],
-                )
-                for e in data["entries"]
-            ),
+            entries=tuple(Entry.from_json(e) for e in data["entries"]),
         )
 
 
