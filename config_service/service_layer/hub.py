@@ -234,26 +234,31 @@ class Hub:
                 expected = feed.revision + 1
                 for revision, group in itertools.groupby(changes, key=lambda c: c.revision):
                     if revision != expected:
-                        # History we need is gone (compacted while we lagged): the
-                        # streams must start over from a snapshot.
-                        log.warning(
-                            "history missing for %s at %d; resetting its streams",
-                            feed.organization,
-                            expected,
-                        )
-                        for watcher in list(feed.watchers):
-                            watcher.close(RESET)
+                        self._reset(feed, expected)
                     items = tuple(group)
                     self._fan_out(
                         feed, Event(feed.organization, revision, items, items[0].created_at)
                     )
                     expected = revision + 1
+                if expected <= upto:
+                    self._reset(feed, expected)
                 feed.revision = upto
         except asyncio.CancelledError:
             raise
         except Exception:
             # The next notification or poll starts a new attempt.
             log.exception("could not read revisions of %s", feed.organization)
+
+    def _reset(self, feed: _Feed, missing: int) -> None:
+        """History this feed needs is gone (compacted while it lagged): its streams must
+        start over from a snapshot; a stream closed here takes nothing more."""
+        log.warning(
+            "history missing for %s at revision %d; resetting its streams",
+            feed.organization,
+            missing,
+        )
+        for watcher in list(feed.watchers):
+            watcher.close(RESET)
 
     def _fan_out(self, feed: _Feed, event: Event) -> None:
         lag = (dt.datetime.now(dt.UTC) - event.commit_time).total_seconds()
