@@ -464,3 +464,31 @@ async def test_stream_metrics_count_streams_and_messages(
     await eventually(lambda: sample("config_watch_streams") == open_before)
     assert sample("config_watch_events_sent_total", {"type": "snapshot"}) == snapshots + 1
     assert sample("config_watch_events_sent_total", {"type": "change"}) >= changes + 1
+
+
+async def test_shutdown_ends_streams_at_once_so_clients_move_on(
+    server_env: dict[str, str], keys: Keys
+) -> None:
+    from config_service.app import SPEC as CONFIG
+    from servicekit.server import start
+    from servicekit.settings import load_settings
+
+    env = {**server_env, "SHUTDOWN_GRACE_SECONDS": "30"}
+    server = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
+    organization = new_org()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with Recorder(
+            [server.port], organization, keys.token(organization, "viewer"), resume=False
+        ) as watch:
+            await watch.wait_for(0)
+            stopping = asyncio.create_task(server.stop())
+            # The server ends the stream itself (with a reason the client can act on)
+            # instead of letting it run into the 30 s grace and be cut off.
+            await watch.wait_for_error(timeout=10)
+        assert watch.errors == [(grpc.StatusCode.UNAVAILABLE, "SERVER_SHUTDOWN")]
+    finally:
+        if stopping is None:
+            await server.stop()
+        else:
+            await stopping
