@@ -379,12 +379,12 @@ def _print_ready(env: Mapping[str, str]) -> None:
         lines.append(f"  {service:<46} 127.0.0.1:{_port_of(name, env)}")
     lines += [
         "",
-        "Try:",
+        "Try (see README.md for more):",
         "  .venv/bin/grpcurl -plaintext 127.0.0.1:50052 list",
         "  TOKEN=$(make -s token ORG=demo)",
-        '  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\',
-        '      -d \'{"organization": "demo", "service": "ai", "key": "threshold"}\' \\',
-        "      127.0.0.1:50052 agentready.config.v1.ConfigService/GetConfig",
+        "  .venv/bin/grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" \\",
+        "      -d '{\"organization\": \"demo\"}' \\",
+        "      127.0.0.1:50052 agentready.config.v1.ConfigService/WatchConfig",
         "",
         "Ctrl-C stops everything.",
         "",

@@ -17,7 +17,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -262,9 +262,8 @@ async def serve(spec: ServiceSpec, settings: Settings) -> None:
     await running.stop()
 
 
-def main(spec: ServiceSpec, argv: Iterable[str] | None = None) -> int:
+def main(spec: ServiceSpec) -> int:
     """Entry point of a service process; returns the exit code."""
-    del argv
     try:
         settings = load_settings(spec.name, extra=spec.extra_settings)
     except SettingsError as exc:
