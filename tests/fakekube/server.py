@@ -372,16 +372,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, call: _Call, route: Route) -> _Response:
         fake = self.server.fake
+        # Latency is the time the API takes to answer, its own work included (as a
+        # real API server's would be): the answer leaves no earlier than this.
+        answer_at = time.monotonic() + fake.faults.latency_for(call.info)
+        try:
+            response = self._serve(call, route)
+        finally:
+            # Sleep with no lock held, so slow calls overlap as on a real server.
+            remaining = answer_at - time.monotonic()
+            if remaining > 0:
+                self.server.stopping.wait(remaining)
+        return response
+
+    def _serve(self, call: _Call, route: Route) -> _Response:
+        fake = self.server.fake
         try:
             if fake.token is not None and self.headers.get("Authorization") != (
                 f"Bearer {fake.token}"
             ):
                 raise KubeApiError(401, "Unauthorized", "Unauthorized")
             fault = fake.faults.take(call.info)
-            # Sleep with no lock held, so slow calls overlap as on a real server.
-            pause = fake.faults.latency_for(call.info) + (fault.delay if fault else 0.0)
-            if pause > 0:
-                self.server.stopping.wait(pause)
+            if fault is not None and fault.delay > 0:
+                # An injected hang comes before the work: a timed-out write still lands.
+                self.server.stopping.wait(fault.delay)
             if fault is not None and fault.status:
                 raise _fault_error(fault)
             return route(call)
@@ -428,7 +441,8 @@ class FakeKubeServer:
         token: bearer token the server requires (and the kubeconfig carries); None
             accepts any request.
         namespace_deletion_delay: seconds a deleted namespace stays ``Terminating``.
-        latency: seconds added to every resource request (not to discovery).
+        latency: how long every resource request takes to answer, the fake's own work
+            included (discovery answers at once).
         latency_by_resource: per-resource latency, by plural, singular or Kind; overrides
             ``latency``.
     """
