@@ -177,14 +177,18 @@ def ensure_dev_keys(folder: Path) -> tuple[Path, Path]:
 def mint_dev_token(
     key_path: Path,
     *,
-    organization: str,
+    organization: str | None,
     role: str,
     subject: str = "dev-user",
     ttl: dt.timedelta = dt.timedelta(hours=12),
     issuer: str = "agentready",
     audience: str = "agentready",
 ) -> str:
-    """A development access token for ``organization`` with the scopes of ``role``."""
+    """A development access token for ``organization`` with the scopes of ``role``.
+
+    Without an organization it is an operator's token, for calls that span
+    organizations (such as ``ListTenantEnvironments``).
+    """
     signer = TokenSigner(key_path.read_bytes(), issuer=issuer, audience=audience)
     token, _ = signer.mint(
         subject=subject,
@@ -382,8 +386,8 @@ def _print_ready(env: Mapping[str, str]) -> None:
         "Try (see README.md for more):",
         "  .venv/bin/grpcurl -plaintext 127.0.0.1:50052 list",
         "  TOKEN=$(make -s token ORG=demo)",
-        "  .venv/bin/grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" \\",
-        "      -d '{\"organization\": \"demo\"}' \\",
+        '  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\',
+        '      -d \'{"organization": "demo"}\' \\',
         "      127.0.0.1:50052 agentready.config.v1.ConfigService/WatchConfig",
         "",
         "Ctrl-C stops everything.",
@@ -395,7 +399,8 @@ def _print_ready(env: Mapping[str, str]) -> None:
 def token(args: argparse.Namespace) -> int:
     """``make token``: prints a development access token."""
     key_path, _ = ensure_dev_keys(data_dir() / "keys")
-    print(mint_dev_token(key_path, organization=args.org, role=args.role, subject=args.subject))
+    organization = args.org or None  # ORG= (empty): an operator token
+    print(mint_dev_token(key_path, organization=organization, role=args.role, subject=args.subject))
     return 0
 
 
@@ -405,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start the whole suite in the foreground")
     token_parser = commands.add_parser("token", help="print a development access token")
-    token_parser.add_argument("--org", default="demo", help="organization slug")
+    token_parser.add_argument(
+        "--org", default="demo", help="organization slug; empty for an operator token"
+    )
     token_parser.add_argument("--role", default="owner", choices=sorted(ROLE_SCOPES))
     token_parser.add_argument("--subject", default="dev-user")
     args = parser.parse_args(argv)

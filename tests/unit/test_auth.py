@@ -21,6 +21,7 @@ from servicekit.auth import (
     TokenVerifier,
     generate_signing_key,
 )
+from servicekit.devstack import ensure_dev_keys, mint_dev_token
 from servicekit.errors import PermissionDenied, Unauthenticated
 
 
@@ -188,3 +189,17 @@ async def test_keys_can_come_from_a_jwks_url() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_dev_tokens_for_an_organization_and_for_an_operator(tmp_path: Path) -> None:
+    key_path, jwks_path = ensure_dev_keys(tmp_path)
+    verifier = TokenVerifier(KeySet(file=jwks_path), issuer="agentready", audience="agentready")
+    member = await verifier.verify(mint_dev_token(key_path, organization="demo", role="member"))
+    member.require("demo", "config:read")
+    with pytest.raises(PermissionDenied):
+        member.require_operator("provisioner:read")
+    operator = await verifier.verify(mint_dev_token(key_path, organization=None, role="owner"))
+    assert operator.organization is None
+    operator.require_operator("provisioner:read")
+    with pytest.raises(PermissionDenied):
+        operator.require("demo", "config:read")
