@@ -1,0 +1,423 @@
+"""ConfigWatcher: an organization's configuration, kept hot in a pod's memory.
+
+The watcher holds one ``WatchConfig`` stream: a snapshot first, then every change, in
+revision order. When the stream breaks it reconnects with exponential backoff and
+jitter and resumes from the last revision it has, so nothing is missed or applied
+twice; a server that can no longer replay sends a fresh snapshot instead. Reads never
+touch the network: they look up the latest state, swapped in whole on each revision.
+
+Two faces:
+
+* :class:`AsyncConfigWatcher` for asyncio code (``async with``);
+* :class:`ConfigWatcher` for everything else: the same, on a background thread.
+
+With ``last_known_good`` set, every revision is also written to that file, and a
+watcher that cannot reach any server at start-up serves the file's values (marked
+stale) until the stream is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import enum
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+
+from agentready.config.v1 import config_pb2, config_service_pb2_grpc
+from agentready.flags import FlagResult, evaluate_flag
+
+Response = config_pb2.WatchConfigResponse
+Key = tuple[str, str]
+# Codes a retry cannot cure while the credentials stay the same; retried anyway (a
+# token provider may hand out a better one), but at the longest backoff.
+_PERMANENT = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+class WatcherState(enum.Enum):
+    """How current the watcher's values are."""
+
+    STARTING = "starting"  # nothing received yet
+    LIVE = "live"  # streaming, or reconnecting within the grace period
+    STALE = "stale"  # no stream for longer than the grace period (or values from file)
+    STOPPED = "stopped"
+
+
+class ConfigEvent:
+    """What one revision changed, as handed to listeners.
+
+    Attributes:
+        revision: the revision now held.
+        changes: the ``ConfigChange`` messages of that revision (empty for a snapshot).
+        snapshot: True when the whole state was replaced (first load or reset).
+    """
+
+    __slots__ = ("changes", "revision", "snapshot")
+
+    def __init__(
+        self, revision: int, changes: Sequence[config_pb2.ConfigChange], snapshot: bool
+    ) -> None:
+        self.revision = revision
+        self.changes = tuple(changes)
+        self.snapshot = snapshot
+
+    def __repr__(self) -> str:
+        kind = "snapshot" if self.snapshot else f"{len(self.changes)} changes"
+        return f"ConfigEvent(revision={self.revision}, {kind})"
+
+
+Listener = Callable[[ConfigEvent], None]
+
+
+def plain_value(value: config_pb2.Value) -> Any:
+    """A ``Value`` as plain Python: str, int, float, bool, JSON, or the FeatureFlag."""
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "json_value":
+        return json_format.MessageToDict(value.json_value)
+    return getattr(value, kind)
+
+
+class AsyncConfigWatcher:
+    """An organization's configuration in memory, kept current by a WatchConfig stream.
+
+    Args:
+        target: the ConfigService address (any gRPC target, e.g. ``host:50052`` or
+            ``ipv4:10.0.0.1:50052,10.0.0.2:50052``), or pass ``channel``.
+        organization: the organization's slug.
+        token: a bearer token, or a callable returning the current one (asked at
+            every connection, so it may refresh).
+        services: only these services' keys (empty: all).
+        channel: an existing channel to use instead of ``target`` (not closed by us).
+        stale_after: seconds without a stream after which the values count as stale.
+        progress_interval: how often the server confirms an idle stream is current.
+        backoff_initial: first wait before reconnecting, in seconds; doubles per failure.
+        backoff_max: the longest wait between reconnections.
+        last_known_good: a file that keeps the latest state across restarts.
+        on_change: called with a :class:`ConfigEvent` after each revision is applied.
+    """
+
+    def __init__(
+        self,
+        target: str | None,
+        organization: str,
+        *,
+        token: str | Callable[[], str],
+        services: Sequence[str] = (),
+        channel: grpc.aio.Channel | None = None,
+        stale_after: float = 30.0,
+        progress_interval: float = 5.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        last_known_good: str | os.PathLike[str] | None = None,
+        on_change: Listener | None = None,
+    ) -> None:
+        if (target is None) == (channel is None):
+            raise ValueError("give either target or channel")
+        self.organization = organization
+        self._target = target
+        self._channel = channel
+        self._own_channel = channel is None
+        self._token = token
+        self._services = list(services)
+        self._stale_after = stale_after
+        self._progress_interval = progress_interval
+        self._backoff = (backoff_initial, backoff_max)
+        self._file = Path(last_known_good) if last_known_good else None
+        self._listeners: list[Listener] = [on_change] if on_change else []
+        self._entries: Mapping[Key, config_pb2.ConfigEntry] = {}
+        self._revision = 0
+        self._have_state = False
+        self._from_file = False
+        self._connected = False
+        self._stopped = False
+        self._lost_at: float | None = None
+        self._last_message_at: float | None = None
+        self.last_error: grpc.RpcError | None = None
+        self._first = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self, *, timeout: float | None = 10.0) -> None:  # noqa: ASYNC109
+        """Connects and waits for the first state.
+
+        Raises:
+            TimeoutError: no snapshot within ``timeout`` and no last-known-good file
+                to fall back on (the watcher keeps trying in the background).
+        """
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(
+                self._target or "",
+                options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)],
+            )
+        self._task = asyncio.create_task(self._run(), name=f"config-watcher:{self.organization}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first.wait()), timeout)
+        except TimeoutError:
+            if not self._load_file():
+                raise
+
+    async def stop(self) -> None:
+        """Closes the stream (and the channel, if the watcher made it)."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._own_channel and self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> AsyncConfigWatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Calls ``listener`` with a :class:`ConfigEvent` after each applied revision."""
+        self._listeners.append(listener)
+
+    # -- reading (from memory) -------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The organization revision the values are at."""
+        return self._revision
+
+    @property
+    def state(self) -> WatcherState:
+        """How current the values are (see :class:`WatcherState`)."""
+        if self._stopped:
+            return WatcherState.STOPPED
+        if not self._have_state:
+            return WatcherState.STARTING
+        if self._from_file and not self._connected:
+            return WatcherState.STALE
+        if self._connected or self._lost_at is None:
+            return WatcherState.LIVE
+        if time.monotonic() - self._lost_at > self._stale_after:
+            return WatcherState.STALE
+        return WatcherState.LIVE
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the server last confirmed the values (None: never)."""
+        if self._last_message_at is None:
+            return None
+        return time.monotonic() - self._last_message_at
+
+    def entries(self) -> Mapping[Key, config_pb2.ConfigEntry]:
+        """Every (service, key) that is set, with its entry."""
+        return self._entries
+
+    def get(self, service: str, key: str, default: Any = None) -> Any:
+        """The value as plain Python (str, int, float, bool, JSON or FeatureFlag)."""
+        entry = self._entries.get((service, key))
+        return default if entry is None else plain_value(entry.value)
+
+    def get_str(self, service: str, key: str, default: str = "") -> str:
+        """A string value; ``default`` when unset or of another type."""
+        value = self.get(service, key)
+        return value if isinstance(value, str) else default
+
+    def get_int(self, service: str, key: str, default: int = 0) -> int:
+        """An int value; ``default`` when unset or of another type."""
+        value = self.get(service, key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    def get_float(self, service: str, key: str, default: float = 0.0) -> float:
+        """A number (int or double) as float; ``default`` when unset or not a number."""
+        value = self.get(service, key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return default
+
+    def get_bool(self, service: str, key: str, default: bool = False) -> bool:
+        """A bool value; ``default`` when unset or of another type."""
+        value = self.get(service, key)
+        return value if isinstance(value, bool) else default
+
+    def flag(self, service: str, key: str, subject: str) -> FlagResult:
+        """The feature flag at ``service``/``key`` for ``subject``; off when unset."""
+        value = self.get(service, key)
+        if not isinstance(value, config_pb2.FeatureFlag):
+            return FlagResult(False, "", None, "missing")
+        return evaluate_flag(value, subject, service=service, key=key)
+
+    # -- the stream ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._channel is not None
+        stub = config_service_pb2_grpc.ConfigServiceStub(self._channel)
+        delay = self._backoff[0]
+        while True:
+            token = self._token() if callable(self._token) else self._token
+            request = config_pb2.WatchConfigRequest(
+                organization=self.organization,
+                services=self._services,
+                start_revision=self._revision if self._have_state else 0,
+                progress_interval=duration_pb2.Duration(seconds=int(self._progress_interval)),
+            )
+            call = stub.WatchConfig(request, metadata=(("authorization", f"Bearer {token}"),))
+            try:
+                async for message in call:
+                    self._connected = True
+                    self._lost_at = None
+                    delay = self._backoff[0]
+                    self._receive(message)
+                wait = delay
+            except grpc.aio.AioRpcError as error:
+                self.last_error = error
+                wait = self._backoff[1] if error.code() in _PERMANENT else delay
+            finally:
+                if self._connected or self._lost_at is None:
+                    self._lost_at = time.monotonic()
+                self._connected = False
+            # Full jitter keeps a fleet of pods from reconnecting in lockstep.
+            await asyncio.sleep(wait * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            delay = min(delay * 2, self._backoff[1])
+
+    def _receive(self, message: Any) -> None:
+        self._last_message_at = time.monotonic()
+        if message.type == Response.EVENT_TYPE_SNAPSHOT:
+            self._entries = {(e.service, e.key): e for e in message.entries}
+            self._commit(message.revision, [], snapshot=True)
+        elif message.type == Response.EVENT_TYPE_CHANGE:
+            entries = dict(self._entries)
+            for change in message.changes:
+                if change.type == config_pb2.CHANGE_TYPE_DELETE:
+                    entries.pop((change.service, change.key), None)
+                else:
+                    entries[(change.service, change.key)] = change.entry
+            self._entries = entries  # swapped whole: readers never see half a revision
+            self._commit(message.revision, message.changes, snapshot=False)
+        elif message.type == Response.EVENT_TYPE_PROGRESS:
+            # Current up to here (revisions of other services may have passed).
+            self._revision = max(self._revision, message.revision)
+
+    def _commit(
+        self,
+        revision: int,
+        changes: Sequence[config_pb2.ConfigChange],
+        *,
+        snapshot: bool,
+    ) -> None:
+        self._revision = revision
+        self._have_state = True
+        self._from_file = False
+        self._first.set()
+        self._save_file()
+        event = ConfigEvent(revision, changes, snapshot)
+        for listener in list(self._listeners):
+            listener(event)
+
+    # -- last known good -------------------------------------------------------------
+
+    def _save_file(self) -> None:
+        if self._file is None:
+            return
+        document = {
+            "organization": self.organization,
+            "revision": self._revision,
+            "entries": [
+                base64.b64encode(e.SerializeToString()).decode() for e in self._entries.values()
+            ],
+        }
+        self._file.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self._file.parent, prefix=".lkg-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+        os.replace(temporary, self._file)  # atomic: a reader never sees half a file
+
+    def _load_file(self) -> bool:
+        if self._file is None or not self._file.exists() or self._have_state:
+            return self._have_state
+        try:
+            document = json.loads(self._file.read_text())
+            if document["organization"] != self.organization:
+                return False
+            entries = [
+                config_pb2.ConfigEntry.FromString(base64.b64decode(raw))
+                for raw in document["entries"]
+            ]
+        except (OSError, ValueError, KeyError):
+            return False
+        self._entries = {(e.service, e.key): e for e in entries}
+        self._revision = int(document["revision"])
+        self._have_state = True
+        self._from_file = True
+        return True
+
+
+class ConfigWatcher:
+    """:class:`AsyncConfigWatcher` for code without an event loop: the stream runs on a
+    background thread; reads are plain lookups and safe from any thread. Listeners
+    run on that background thread.
+
+    Takes the same arguments as :class:`AsyncConfigWatcher` (except ``channel``).
+    """
+
+    def __init__(self, target: str, organization: str, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"config-watcher:{organization}", daemon=True
+        )
+        self._thread.start()
+        self._watcher: AsyncConfigWatcher = self._call(
+            self._make(target, organization, options)
+        ).result()
+
+    @staticmethod
+    async def _make(target: str, organization: str, options: dict[str, Any]) -> AsyncConfigWatcher:
+        return AsyncConfigWatcher(target, organization, **options)
+
+    def _call(self, coroutine: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def start(self, *, timeout: float | None = 10.0) -> None:
+        """Connects and waits for the first state (see :meth:`AsyncConfigWatcher.start`)."""
+        self._call(self._watcher.start(timeout=timeout)).result()
+
+    def stop(self) -> None:
+        """Closes the stream and ends the background thread."""
+        if self._loop.is_closed():
+            return
+        self._call(self._watcher.stop()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> ConfigWatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        # Reads (get, get_int, flag, revision, state, age, entries, ...) and
+        # add_listener go straight to the asyncio watcher: they touch no loop state.
+        return getattr(self._watcher, name)
