@@ -1,0 +1,248 @@
+"""ConfigClient: ConfigService in Python types, for one organization."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2, json_format, struct_pb2
+
+from agentready._private.call import CallPath, TokenSource
+from agentready.config.v1 import config_pb2, config_service_pb2_grpc
+from agentready.errors import NotFound
+from agentready.watcher import AsyncConfigWatcher, plain_value
+
+# Marks a key for deletion in :meth:`ConfigClient.batch`.
+DELETE: Any = object()
+
+
+def to_value(value: Any) -> config_pb2.Value:
+    """A ``Value`` from plain Python: bool, int, float, str, a FeatureFlag, a Value,
+    or anything JSON (dict, list, None)."""
+    if isinstance(value, config_pb2.Value):
+        return value
+    if isinstance(value, config_pb2.FeatureFlag):
+        return config_pb2.Value(flag_value=value)
+    if isinstance(value, bool):
+        return config_pb2.Value(bool_value=value)
+    if isinstance(value, int):
+        return config_pb2.Value(int_value=value)
+    if isinstance(value, float):
+        return config_pb2.Value(double_value=value)
+    if isinstance(value, str):
+        return config_pb2.Value(string_value=value)
+    return config_pb2.Value(json_value=json_format.ParseDict(value, struct_pb2.Value()))
+
+
+class ConfigClient:
+    """Typed, retrying access to one organization's configuration.
+
+    Reads and writes carrying a request id (every write here gets one) are retried on
+    UNAVAILABLE; errors are :mod:`agentready.errors` types. The generated stub stays
+    reachable as :attr:`stub` for anything this class does not cover.
+
+    Args:
+        target: the ConfigService address, or pass ``channel``.
+        organization: the organization's slug.
+        token: a bearer token, or a callable returning the current one.
+        channel: an existing ``grpc.aio`` channel (not closed by :meth:`close`).
+        timeout: the deadline of each call, in seconds.
+        attempts: tries per retryable call.
+    """
+
+    def __init__(
+        self,
+        target: str | None,
+        organization: str,
+        *,
+        token: TokenSource,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = 10.0,
+        attempts: int = 4,
+    ) -> None:
+        if (target is None) == (channel is None):
+            raise ValueError("give either target or channel")
+        self.organization = organization
+        self._own_channel = channel is None
+        self._channel = channel or grpc.aio.insecure_channel(target or "")
+        self._token = token
+        self._calls = CallPath(token, timeout=timeout, attempts=attempts)
+        self.stub = config_service_pb2_grpc.ConfigServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Closes the channel, if the client made it."""
+        if self._own_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> ConfigClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def get(self, service: str, key: str) -> config_pb2.ConfigEntry:
+        """The key's entry (its schema default, ``is_default``, when unset).
+
+        Raises:
+            NotFound: neither set nor defaulted.
+        """
+        request = config_pb2.GetConfigRequest(
+            organization=self.organization, service=service, key=key
+        )
+        return await self._calls.unary(self.stub.GetConfig, request, idempotent=True)
+
+    async def get_value(self, service: str, key: str, default: Any = None) -> Any:
+        """The key's value as plain Python, or ``default`` when it has none."""
+        try:
+            entry = await self.get(service, key)
+        except NotFound:
+            return default
+        return plain_value(entry.value)
+
+    async def set(
+        self,
+        service: str,
+        key: str,
+        value: Any,
+        *,
+        reason: str = "",
+        expected_revision: int | None = None,
+        etag: str = "",
+        request_id: str | None = None,
+    ) -> config_pb2.ConfigEntry:
+        """Sets a key (see :func:`to_value` for the Python types accepted).
+
+        Raises:
+            Conflict: ``expected_revision`` or ``etag`` did not match.
+            InvalidArgument: a bad name or value, or one the schema refuses.
+        """
+        request = config_pb2.SetConfigRequest(
+            organization=self.organization,
+            service=service,
+            key=key,
+            value=to_value(value),
+            etag=etag,
+            reason=reason,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        if expected_revision is not None:
+            request.expected_revision = expected_revision
+        return await self._calls.unary(self.stub.SetConfig, request, idempotent=True)
+
+    async def delete(
+        self,
+        service: str,
+        key: str,
+        *,
+        reason: str = "",
+        expected_revision: int | None = None,
+        etag: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        """Deletes a key (a new revision).
+
+        Raises:
+            NotFound: the key is not set.
+            Conflict: ``expected_revision`` or ``etag`` did not match.
+        """
+        request = config_pb2.DeleteConfigRequest(
+            organization=self.organization,
+            service=service,
+            key=key,
+            etag=etag,
+            reason=reason,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        if expected_revision is not None:
+            request.expected_revision = expected_revision
+        await self._calls.unary(self.stub.DeleteConfig, request, idempotent=True)
+
+    async def batch(
+        self,
+        changes: Mapping[tuple[str, str], Any],
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+    ) -> config_pb2.BatchSetConfigResponse:
+        """Sets (or, with :data:`DELETE`, deletes) several keys as one revision."""
+        mutations = []
+        for (service, key), value in changes.items():
+            if value is DELETE:
+                mutations.append(
+                    config_pb2.ConfigMutation(service=service, key=key, delete=empty_pb2.Empty())
+                )
+            else:
+                mutations.append(
+                    config_pb2.ConfigMutation(service=service, key=key, set_value=to_value(value))
+                )
+        request = config_pb2.BatchSetConfigRequest(
+            organization=self.organization,
+            mutations=mutations,
+            reason=reason,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        return await self._calls.unary(self.stub.BatchSetConfig, request, idempotent=True)
+
+    async def entries(self, service: str = "") -> AsyncIterator[config_pb2.ConfigEntry]:
+        """Every key that is set (optionally of one service), page after page."""
+        token = ""
+        while True:
+            request = config_pb2.ListConfigsRequest(
+                organization=self.organization, service=service, page_size=500, page_token=token
+            )
+            page = await self._calls.unary(self.stub.ListConfigs, request, idempotent=True)
+            for entry in page.configs:
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def history(
+        self, service: str = "", key: str = "", *, start_revision: int = 0, end_revision: int = 0
+    ) -> AsyncIterator[config_pb2.ConfigHistoryEntry]:
+        """The change history, oldest first, page after page."""
+        token = ""
+        while True:
+            request = config_pb2.ListConfigHistoryRequest(
+                organization=self.organization,
+                service=service,
+                key=key,
+                start_revision=start_revision,
+                end_revision=end_revision,
+                page_size=500,
+                page_token=token,
+            )
+            page = await self._calls.unary(self.stub.ListConfigHistory, request, idempotent=True)
+            for entry in page.history_entries:
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def rollback(
+        self,
+        revision: int,
+        *,
+        service: str = "",
+        key: str = "",
+        reason: str = "",
+        request_id: str | None = None,
+    ) -> config_pb2.RollbackConfigResponse:
+        """Restores the state at ``revision`` (of one service or key) as a new revision."""
+        request = config_pb2.RollbackConfigRequest(
+            organization=self.organization,
+            revision=revision,
+            service=service,
+            key=key,
+            reason=reason,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        return await self._calls.unary(self.stub.RollbackConfig, request, idempotent=True)
+
+    def watcher(self, **options: Any) -> AsyncConfigWatcher:
+        """An :class:`AsyncConfigWatcher` on this client's channel and token."""
+        return AsyncConfigWatcher(
+            None, self.organization, token=self._token, channel=self._channel, **options
+        )
