@@ -52,11 +52,8 @@ class AgentReadyError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
-class InvalidArgument(AgentReadyError):
-    """The request is malformed; nothing was written."""
-
-    code_name = "INVALID_ARGUMENT"
-    default_reason = "INVALID_ARGUMENT"
+class _ViolationsError(AgentReadyError):
+    """An error that names what is wrong, field by field (or key by key)."""
 
     def __init__(
         self,
@@ -68,6 +65,13 @@ class InvalidArgument(AgentReadyError):
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.violations = tuple(violations)
+
+
+class InvalidArgument(_ViolationsError):
+    """The request is malformed; nothing was written."""
+
+    code_name = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
 
     @classmethod
     def field(cls, field: str, description: str) -> InvalidArgument:
@@ -119,7 +123,7 @@ class Aborted(AgentReadyError):
     default_reason = "ETAG_MISMATCH"
 
 
-class FailedPrecondition(AgentReadyError):
+class FailedPrecondition(_ViolationsError):
     """The system is not in a state the operation needs.
 
     ``violations`` name what stands in the way (``PreconditionFailure`` details, with
@@ -128,17 +132,6 @@ class FailedPrecondition(AgentReadyError):
 
     code_name = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        violations: Sequence[FieldViolation] = (),
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.violations = tuple(violations)
 
 
 class Unauthenticated(AgentReadyError):

@@ -67,19 +67,10 @@ class ConfigWriter:
             replay = await self._replay(conn, organization, request)
             if replay is not None:
                 return replay
-            commit = await self._apply_locked(
-                conn,
-                organization,
-                state,
-                mutations,
-                actor=actor,
-                reason=reason,
-                request_id=request.request_id if request else "",
+            commit = await self._commit_locked(
+                conn, organization, state, mutations, actor=actor, reason=reason, request=request
             )
-            await self._record(conn, organization, request, commit)
-        if commit.changes:
-            self._notify(organization, commit.revision)
-        return commit
+        return self._announce(organization, commit)
 
     async def rollback(
         self,
@@ -137,19 +128,10 @@ class ConfigWriter:
                     conn, organization, {m.service for m in mutations if m.value is not None}
                 ),
             )
-            commit = await self._apply_locked(
-                conn,
-                organization,
-                state,
-                mutations,
-                actor=actor,
-                reason=reason,
-                request_id=request.request_id if request else "",
+            commit = await self._commit_locked(
+                conn, organization, state, mutations, actor=actor, reason=reason, request=request
             )
-            await self._record(conn, organization, request, commit)
-        if commit.changes:
-            self._notify(organization, commit.revision)
-        return commit
+        return self._announce(organization, commit)
 
     async def _replay(
         self, conn: asyncpg.Connection, organization: str, request: RequestKey | None
@@ -167,13 +149,33 @@ class ConfigWriter:
             )
         return Commit.from_json(result)
 
-    async def _record(
+    def _announce(self, organization: str, commit: Commit) -> Commit:
+        """Tells the fan-out about a committed revision (after the transaction)."""
+        if commit.changes:
+            self._notify(organization, commit.revision)
+        return commit
+
+    async def _commit_locked(
         self,
         conn: asyncpg.Connection,
         organization: str,
+        state: pg.WriteState,
+        mutations: Sequence[Mutation],
+        *,
+        actor: str,
+        reason: str,
         request: RequestKey | None,
-        commit: Commit,
-    ) -> None:
+    ) -> Commit:
+        """Applies the mutations under the lock and records the request's result."""
+        commit = await self._apply_locked(
+            conn,
+            organization,
+            state,
+            mutations,
+            actor=actor,
+            reason=reason,
+            request_id=request.request_id if request else "",
+        )
         if request is not None:
             await pg.save_request(
                 conn,
@@ -183,6 +185,7 @@ class ConfigWriter:
                 request.fingerprint,
                 commit.to_json(),
             )
+        return commit
 
     async def _apply_locked(
         self,
