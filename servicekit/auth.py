@@ -288,11 +288,13 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         is_revoked: RevocationCheck | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._is_revoked = is_revoked
+        self._clock = clock
         # Verified tokens, so a client's every call does not pay for the signature
         # check again; expiry and revocation are still checked on every call.
         self._verified: collections.OrderedDict[str, Principal] = collections.OrderedDict()
@@ -309,7 +311,7 @@ class TokenVerifier:
             self._verified[token] = principal
             if len(self._verified) > VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
-        elif principal.expires_at.timestamp() + CLOCK_SKEW_SECONDS < time.time():
+        elif principal.expires_at.timestamp() + CLOCK_SKEW_SECONDS < self._clock():
             del self._verified[token]
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
         if self._is_revoked is not None and await self._is_revoked(principal.token_id):
