@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 
 import grpc
@@ -89,34 +87,25 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
     servicer = ConfigServiceServicer(store, writer, hub)
     config_service_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, server)
 
-    tasks = [
-        asyncio.create_task(hub.run_poller(), name="config-poller"),
-        asyncio.create_task(hub.run_progress(), name="config-progress"),
-        asyncio.create_task(notifier.run_publisher(), name="config-publisher"),
-        asyncio.create_task(notifier.run_subscriber(), name="config-subscriber"),
-        asyncio.create_task(
-            run_maintenance(
-                store,
-                keep=extra["CONFIG_HISTORY_RETENTION"],
-                interval=extra["CONFIG_COMPACT_INTERVAL_SECONDS"],
-            ),
-            name="config-maintenance",
+    # Shutdown hooks run last-added first: the tasks stop, then the hub closes.
+    resources.on_shutdown(hub.close)
+    resources.run_in_background(hub.run_poller(), name="config-poller")
+    resources.run_in_background(hub.run_progress(), name="config-progress")
+    resources.run_in_background(notifier.run_publisher(), name="config-publisher")
+    resources.run_in_background(notifier.run_subscriber(), name="config-subscriber")
+    resources.run_in_background(
+        run_maintenance(
+            store,
+            keep=extra["CONFIG_HISTORY_RETENTION"],
+            interval=extra["CONFIG_COMPACT_INTERVAL_SECONDS"],
         ),
-    ]
+        name="config-maintenance",
+    )
 
     async def end_streams() -> None:
         hub.close_streams()
 
-    async def stop_tasks() -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await hub.close()
-
     resources.on_stopping(end_streams)
-    resources.on_shutdown(stop_tasks)
 
 
 SPEC = ServiceSpec(

@@ -7,9 +7,6 @@ reconciles only while this replica holds the leader lock.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -175,24 +172,6 @@ def build_backend(settings: Settings) -> Backend:
         raise SettingsError(f"cannot load the Kubernetes configuration: {exc}") from exc
 
 
-@dataclasses.dataclass
-class Wiring:
-    """What one running ProvisionerService is made of (for operators' tools and tests)."""
-
-    tenants: Tenants
-    backend: Backend
-    loop: ReconcileLoop
-
-
-# Running instances by id(resources), so a test can reach the one it started.
-RUNNING: dict[int, Wiring] = {}
-
-
-def wiring_of(resources: Resources) -> Wiring:
-    """The wiring of a server started in this process."""
-    return RUNNING[id(resources)]
-
-
 async def register(server: grpc.aio.Server, resources: Resources) -> None:
     """Builds ProvisionerService and starts its reconcile loop."""
     settings = resources.settings
@@ -218,20 +197,13 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
     servicer = ProvisionerServiceServicer(tenants)
     provisioner_service_pb2_grpc.add_ProvisionerServiceServicer_to_server(servicer, server)
     log.info("provisioner backend: %s", backend.kind.value)
-    task = asyncio.create_task(loop.run(), name="provisioner-reconcile")
-    RUNNING[id(resources)] = Wiring(tenants, backend, loop)
-
-    async def stop_loop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    resources.parts["reconcile_loop"] = loop
+    resources.run_in_background(loop.run(), name="provisioner-reconcile", stop_when_stopping=True)
 
     async def close() -> None:
-        RUNNING.pop(id(resources), None)
         await tenants.close()
         await backend.close()
 
-    resources.on_stopping(stop_loop)
     resources.on_shutdown(close)
 
 

@@ -232,11 +232,6 @@ class KeySet:
         elif file is not None or url is not None:
             self.reload()
 
-    @property
-    def configured(self) -> bool:
-        """Whether any key source was given."""
-        return bool(self._keys) or self._file is not None or self._url is not None
-
     @staticmethod
     def _parse(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
         keys: dict[str, jwt.PyJWK] = {}

@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from servicekit.errors import InvalidArgument
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -36,6 +39,17 @@ def encode_token(position: Any, *, request: Any) -> str:
     """A token to continue after ``position`` for a request with the fields ``request``."""
     payload = json.dumps({"p": position, "b": _binding(request)}, separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def next_page(
+    items: Sequence[T], limit: int, position: Callable[[T], Any], *, request: Any
+) -> tuple[Sequence[T], str]:
+    """Cuts a page from ``items``, read as ``limit + 1`` rows so that the extra one
+    tells whether more follow: (the page, the next page's token or "")."""
+    if len(items) <= limit:
+        return items, ""
+    page = items[:limit]
+    return page, encode_token(position(page[-1]), request=request)
 
 
 def decode_token(token: str, *, request: Any) -> Any:

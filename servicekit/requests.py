@@ -62,6 +62,17 @@ class RequestKey:
     method: str
     fingerprint: str
 
+    def confirm_retry(self, method: str, fingerprint: str) -> None:
+        """Checks that a stored request with this id was this very request.
+
+        Raises:
+            InvalidArgument: the id was used for another method or another body.
+        """
+        if (method, fingerprint) != (self.method, self.fingerprint):
+            raise InvalidArgument.field(
+                "request_id", "already used for a different request; use a new UUID"
+            )
+
 
 def check_request_id(request_id: str, field: str = "request_id") -> list[FieldViolation]:
     """An optional request id must be a UUID."""

@@ -12,13 +12,15 @@ finish, and the service's own shutdown hooks run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import asyncpg
@@ -51,6 +53,8 @@ class Resources:
     verifier: TokenVerifier | None
     shutdown_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
     stopping_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
+    # What the service built, by name, for in-process tools and tests to reach.
+    parts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def on_stopping(self, hook: ShutdownHook) -> None:
         """Runs ``hook`` once health is NOT_SERVING, before in-flight RPCs are waited for
@@ -60,6 +64,25 @@ class Resources:
     def on_shutdown(self, hook: ShutdownHook) -> None:
         """Runs ``hook`` after the server has stopped serving (last added runs first)."""
         self.shutdown_hooks.append(hook)
+
+    def run_in_background(
+        self, coroutine: Coroutine[Any, Any, None], *, name: str, stop_when_stopping: bool = False
+    ) -> asyncio.Task[None]:
+        """Runs ``coroutine`` as a task that the server cancels and awaits on its way
+        down: once health is NOT_SERVING with ``stop_when_stopping``, else after the
+        server has stopped serving."""
+        task = asyncio.create_task(coroutine, name=name)
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        if stop_when_stopping:
+            self.on_stopping(cancel)
+        else:
+            self.on_shutdown(cancel)
+        return task
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

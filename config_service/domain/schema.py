@@ -129,10 +129,6 @@ class ServiceSchema:
             return []
         return schema.check(value, field)
 
-    def defaults(self) -> dict[str, ConfigValue]:
-        """The default of every key that has one."""
-        return {k.key: k.default for k in self.keys if k.default is not None}
-
     def to_json(self) -> dict[str, Any]:
         """Storage form."""
         return {"strict": self.strict, "keys": [k.to_json() for k in self.keys]}

@@ -18,7 +18,7 @@ from config_service.service_layer.hub import Hub
 from config_service.service_layer.reads import ConfigReader
 from config_service.service_layer.writes import ConfigWriter
 from servicekit.errors import FieldViolation, InvalidArgument
-from servicekit.pagination import decode_token, encode_token, page_size
+from servicekit.pagination import decode_token, next_page, page_size
 from servicekit.requests import (
     check_organization,
     check_reason,
@@ -158,13 +158,10 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             after=tuple(after) if after else None,
             limit=limit + 1,
         )
-        more = len(entries) > limit
-        entries = entries[:limit]
+        page, token = next_page(entries, limit, lambda e: [e.service, e.key], request=binding)
         return config_pb2.ListConfigsResponse(
-            configs=[convert.entry_to_proto(request.organization, e) for e in entries],
-            next_page_token=encode_token([entries[-1].service, entries[-1].key], request=binding)
-            if more
-            else "",
+            configs=[convert.entry_to_proto(request.organization, e) for e in page],
+            next_page_token=token,
             revision=revision,
         )
 
@@ -231,13 +228,10 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             after=(int(after[0]), int(after[1])),
             limit=limit + 1,
         )
-        more = len(changes) > limit
-        changes = changes[:limit]
+        page, token = next_page(changes, limit, lambda c: [c.revision, c.seq], request=binding)
         return config_pb2.ListConfigHistoryResponse(
-            history_entries=[convert.history_to_proto(request.organization, c) for c in changes],
-            next_page_token=encode_token([changes[-1].revision, changes[-1].seq], request=binding)
-            if more
-            else "",
+            history_entries=[convert.history_to_proto(request.organization, c) for c in page],
+            next_page_token=token,
         )
 
     async def RollbackConfig(
@@ -309,11 +303,10 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         schemas = await self._reader.schemas(
             request.organization, after=str(after), limit=limit + 1
         )
-        more = len(schemas) > limit
-        schemas = schemas[:limit]
+        page, token = next_page(schemas, limit, lambda s: s.service, request=binding)
         return config_pb2.ListConfigSchemasResponse(
-            schemas=[convert.schema_to_proto(request.organization, s) for s in schemas],
-            next_page_token=encode_token(schemas[-1].service, request=binding) if more else "",
+            schemas=[convert.schema_to_proto(request.organization, s) for s in page],
+            next_page_token=token,
         )
 
     async def DeleteConfigSchema(

@@ -143,10 +143,7 @@ class ConfigWriter:
         if found is None:
             return None
         method, fingerprint, result = found
-        if method != request.method or fingerprint != request.fingerprint:
-            raise InvalidArgument.field(
-                "request_id", "already used for a different request; use a new UUID"
-            )
+        request.confirm_retry(method, fingerprint)
         return Commit.from_json(result)
 
     def _announce(self, organization: str, commit: Commit) -> Commit:
@@ -288,10 +285,7 @@ class ConfigWriter:
                 # etag condition no longer holds.
                 found = await pg.find_request(conn, organization, request.request_id)
                 if found is not None:
-                    if found[:2] != (request.method, request.fingerprint):
-                        raise InvalidArgument.field(
-                            "request_id", "already used for a different request; use a new UUID"
-                        )
+                    request.confirm_retry(found[0], found[1])
                     return StoredSchema.from_json(found[2])
             if expected_etag and (stored is None or stored.etag != expected_etag):
                 raise Aborted(

@@ -18,7 +18,7 @@ from provisioner.domain.model import QUOTA_FIELDS, Quota
 from provisioner.entrypoints import convert
 from provisioner.service_layer.tenants import Tenants
 from servicekit.errors import FieldViolation, InvalidArgument
-from servicekit.pagination import decode_token, encode_token, page_size
+from servicekit.pagination import decode_token, next_page, page_size
 from servicekit.requests import (
     check_organization,
     check_reason,
@@ -92,11 +92,10 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
         envs = await self._tenants.list_environments(
             state=convert.STATES_BY_PROTO.get(request.state), after=str(after), limit=limit + 1
         )
-        more = len(envs) > limit
-        envs = envs[:limit]
+        page, token = next_page(envs, limit, lambda e: e.organization, request=binding)
         return pb.ListTenantEnvironmentsResponse(
-            tenant_environments=[convert.environment_to_proto(e) for e in envs],
-            next_page_token=encode_token(envs[-1].organization, request=binding) if more else "",
+            tenant_environments=[convert.environment_to_proto(e) for e in page],
+            next_page_token=token,
         )
 
     async def UpdateTenantQuota(
@@ -150,11 +149,10 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
         changes = await self._tenants.quota_history(
             request.organization, after=after, limit=limit + 1
         )
-        more = len(changes) > limit
-        changes = changes[:limit]
+        page, token = next_page(changes, limit, lambda c: c.seq, request=binding)
         return pb.ListQuotaHistoryResponse(
-            quota_history_entries=[convert.quota_change_to_proto(c) for c in changes],
-            next_page_token=encode_token(changes[-1].seq, request=binding) if more else "",
+            quota_history_entries=[convert.quota_change_to_proto(c) for c in page],
+            next_page_token=token,
         )
 
     async def DeprovisionTenant(

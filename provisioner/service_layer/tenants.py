@@ -38,7 +38,7 @@ from provisioner.domain.model import (
     unknown_conditions,
 )
 from provisioner.domain.quantity import parse_quantity
-from servicekit.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from servicekit.errors import Aborted, FailedPrecondition, FieldViolation, NotFound
 from servicekit.requests import RequestKey
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,7 @@ class Tenants:
                 conn, organization, request.request_id, request.method, request.fingerprint
             )
             return False
-        if found != (request.method, request.fingerprint):
-            raise InvalidArgument.field(
-                "request_id", "already used for a different request; use a new UUID"
-            )
+        request.confirm_retry(*found)
         return True
 
     # -- reads ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import grpc
 import pytest
 from kubernetes import client, config
 
-from provisioner.app import wiring_of
 from servicekit.server import RunningServer
 from tests.conftest import Keys
 from tests.e2e.provisioner_support import (
@@ -181,7 +180,7 @@ async def test_two_replicas_elect_one_leader_and_hand_over(
     first = await start_provisioner(server_env, prov_database_url, **env)
     second = await start_provisioner(server_env, prov_database_url, **env)
     try:
-        loops = [wiring_of(first.resources).loop, wiring_of(second.resources).loop]
+        loops = [s.resources.parts["reconcile_loop"] for s in (first, second)]
 
         async def leaders() -> list[bool]:
             return [loop.leader.held for loop in loops]
