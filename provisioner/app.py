@@ -19,10 +19,10 @@ from provisioner.adapters.backend import Backend
 from provisioner.adapters.gitops import GitOpsBackend
 from provisioner.adapters.kubernetes import KubernetesBackend
 from provisioner.entrypoints.grpc_api import ProvisionerServiceServicer
-from provisioner.service_layer.leader import LeaderLock, leader_lock_key
 from provisioner.service_layer.loop import ReconcileLoop
 from provisioner.service_layer.tenants import Tenants, Timing
 from servicekit.errors import SettingsError
+from servicekit.leader import LeaderLock, leader_lock_key
 from servicekit.server import Resources, ServiceSpec
 from servicekit.settings import ExtraSetting, Settings
 

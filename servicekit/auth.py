@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from servicekit.errors import PermissionDenied, Unauthenticated
 
 ALGORITHM = "EdDSA"
+# JWK members that hold private key material (RFC 7518): never served.
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 CLOCK_SKEW_SECONDS = 30
 VERIFIED_CACHE_SIZE = 10_000
 
@@ -64,7 +66,23 @@ ROLE_SCOPES: Mapping[str, frozenset[str]] = {
     ),
     "member": frozenset({"org:read", "config:read", "provisioner:read"}),
     "viewer": frozenset({"org:read", "config:read", "provisioner:read"}),
+    # Platform operators: act on any organization and on calls that span them. Only an
+    # operator credential carries this role; TenantService never grants it to a user.
+    "operator": frozenset(
+        {
+            "org:read",
+            "config:read",
+            "config:write",
+            "provisioner:read",
+            "provisioner:write",
+        }
+    ),
 }
+
+# Roles of the platform's own staff and services: not members of any organization,
+# they act across organizations with exactly the scopes their token carries. The
+# "service" role is what TenantService's sagas call the other services with.
+PLATFORM_ROLES = frozenset({"operator", "service"})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,15 +95,28 @@ class Principal:
     scopes: frozenset[str]
     token_id: str
     expires_at: dt.datetime
+    issued_at: dt.datetime = dataclasses.field(default=dt.datetime.fromtimestamp(0, dt.UTC))
+
+    @property
+    def is_platform(self) -> bool:
+        """Whether the caller is an operator or a platform service (not a tenant)."""
+        return self.role in PLATFORM_ROLES and self.organization is None
+
+    @property
+    def is_service_account(self) -> bool:
+        """Whether the token is a service-account key's (subject ``sa:<id>``)."""
+        return self.subject.startswith("sa:")
 
     def require(self, organization: str, scope: str) -> None:
         """Checks that the caller acts inside ``organization`` with ``scope``.
+
+        Operators and platform services act in every organization, with their scopes.
 
         Raises:
             PermissionDenied: the token belongs to another organization (or none), or
                 lacks the scope.
         """
-        if self.organization != organization:
+        if self.organization != organization and not self.is_platform:
             raise PermissionDenied(
                 f"the token is not valid for organization {organization!r}",
                 reason="WRONG_ORGANIZATION",
@@ -99,18 +130,18 @@ class Principal:
             )
 
     def require_operator(self, scope: str) -> None:
-        """Checks that the caller is an operator: a token scoped to no organization,
-        with ``scope``, for calls that span organizations.
+        """Checks that the caller is an operator (or a platform service) with
+        ``scope``, for calls that span organizations. A user's token without an
+        organization is not an operator's: the role must say so.
 
         Raises:
-            PermissionDenied: the token is scoped to an organization, or lacks the scope.
+            PermissionDenied: not an operator's token, or it lacks the scope.
         """
-        if self.organization is not None:
+        if not self.is_platform:
             raise PermissionDenied(
-                "this call spans organizations and needs an operator token that is not "
-                f"scoped to one (this one is scoped to {self.organization!r})",
-                reason="WRONG_ORGANIZATION",
-                metadata={"organization": self.organization},
+                "this call spans organizations and needs an operator token",
+                reason="OPERATOR_REQUIRED",
+                metadata={"organization": self.organization or ""},
             )
         if scope not in self.scopes:
             raise PermissionDenied(
@@ -180,14 +211,16 @@ class TokenSigner:
         ttl: dt.timedelta,
         token_type: str = "access",  # noqa: S107 - a claim value, not a secret
         now: dt.datetime | None = None,
+        token_id: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """Returns (token, claims)."""
+        """Returns (token, claims). EdDSA signatures are deterministic: the same claims
+        and key give the same token (a retried key creation returns the same token)."""
         issued = now or dt.datetime.now(dt.UTC)
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": subject,
-            "jti": str(uuid.uuid4()),
+            "jti": token_id or str(uuid.uuid4()),
             "typ": token_type,
             "iat": int(issued.timestamp()),
             "exp": int((issued + ttl).timestamp()),
@@ -227,14 +260,18 @@ class KeySet:
         self._last_reload = float("-inf")
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._documents: dict[str, dict[str, Any]] = {}
         if jwks is not None:
-            self._keys = self._parse(jwks)
+            self._keys, self._documents = self._parse(jwks)
         elif file is not None or url is not None:
             self.reload()
 
     @staticmethod
-    def _parse(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+    def _parse(
+        document: Mapping[str, Any],
+    ) -> tuple[dict[str, jwt.PyJWK], dict[str, dict[str, Any]]]:
         keys: dict[str, jwt.PyJWK] = {}
+        documents: dict[str, dict[str, Any]] = {}
         for entry in document.get("keys", []):
             kid = entry.get("kid")
             if not kid:
@@ -243,7 +280,13 @@ class KeySet:
                 keys[kid] = jwt.PyJWK(entry)
             except jwt.PyJWKError:
                 continue  # A key of a kind we cannot use verifies nothing; skip it.
-        return keys
+            # Public members only, whatever the file held.
+            documents[kid] = {k: v for k, v in entry.items() if k not in _PRIVATE_MEMBERS}
+        return keys, documents
+
+    def public_keys(self) -> list[dict[str, Any]]:
+        """The usable keys as public JWKs (for GetJwks)."""
+        return list(self._documents.values())
 
     def reload(self) -> None:
         """Re-reads the source now (blocking: call it off the event loop)."""
@@ -256,7 +299,7 @@ class KeySet:
                     document = json.loads(response.read())
             else:
                 return
-            self._keys = self._parse(document)
+            self._keys, self._documents = self._parse(document)
 
     def get(self, kid: str) -> jwt.PyJWK | None:
         """The key named ``kid``, if known."""
@@ -269,8 +312,9 @@ class KeySet:
         ) and time.monotonic() - self._last_reload >= self._min_reload
 
 
-# Returns True when a token id has been revoked (e.g. a Redis denylist lookup).
-RevocationCheck = Callable[[str], Awaitable[bool]]
+# Returns True when a verified token has been revoked (see servicekit.revocation: an
+# in-memory list kept current from Redis, so no call leaves the process).
+RevocationCheck = Callable[["Principal"], bool]
 
 
 class TokenVerifier:
@@ -288,11 +332,16 @@ class TokenVerifier:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
-        self._is_revoked = is_revoked
+        self.is_revoked = is_revoked
         self._clock = clock
         # Verified tokens, so a client's every call does not pay for the signature
         # check again; expiry and revocation are still checked on every call.
         self._verified: collections.OrderedDict[str, Principal] = collections.OrderedDict()
+
+    @property
+    def keys(self) -> KeySet:
+        """The public keys tokens are verified with."""
+        return self._keys
 
     async def verify(self, token: str) -> Principal:
         """Checks signature, key id, issuer, audience, expiry, type and revocation.
@@ -309,7 +358,7 @@ class TokenVerifier:
         elif principal.expires_at.timestamp() + CLOCK_SKEW_SECONDS < self._clock():
             del self._verified[token]
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
-        if self._is_revoked is not None and await self._is_revoked(principal.token_id):
+        if self.is_revoked is not None and self.is_revoked(principal):
             raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
         return principal
 
@@ -353,4 +402,5 @@ class TokenVerifier:
             scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
             token_id=str(claims["jti"]),
             expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
+            issued_at=dt.datetime.fromtimestamp(int(claims["iat"]), dt.UTC),
         )

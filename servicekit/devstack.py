@@ -400,7 +400,8 @@ def token(args: argparse.Namespace) -> int:
     """``make token``: prints a development access token."""
     key_path, _ = ensure_dev_keys(data_dir() / "keys")
     organization = args.org or None  # ORG= (empty): an operator token
-    print(mint_dev_token(key_path, organization=organization, role=args.role, subject=args.subject))
+    role = args.role if organization else "operator"
+    print(mint_dev_token(key_path, organization=organization, role=role, subject=args.subject))
     return 0
 
 

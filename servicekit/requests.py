@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from google.protobuf import message
 
@@ -15,22 +15,70 @@ from servicekit.errors import FieldViolation, InvalidArgument
 
 # An organization slug: a DNS-1123 label of 3-40 characters (the namespace is
 # org-<slug>, within Kubernetes' 63).
-ORGANIZATION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{1,38})[a-z0-9]$")
+ORGANIZATION_RE = re.compile(r"[a-z]([a-z0-9-]{1,38})[a-z0-9]")
 
 
 def check_organization(organization: str, field: str = "organization") -> list[FieldViolation]:
     """Violations of the organization-slug rules by ``organization``."""
     if not organization:
         return [FieldViolation(field, "required")]
-    if not ORGANIZATION_RE.match(organization):
+    if not ORGANIZATION_RE.fullmatch(organization):
         return [
             FieldViolation(
                 field,
                 "must be an organization slug: 3-40 lowercase letters, digits or '-', "
-                "starting and ending with a letter or digit",
+                "starting with a letter and ending with a letter or digit",
             )
         ]
     return []
+
+
+# Label name part and value: at most 63 characters, alphanumerics at both ends.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(
+    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def check_kubernetes_labels(
+    labels: Mapping[str, str],
+    field: str = "labels",
+    *,
+    max_labels: int,
+    reserved_prefixes: Sequence[str] = (),
+) -> list[FieldViolation]:
+    """Kubernetes label syntax (keys: an optional DNS subdomain prefix and '/', then a
+    name; values: up to 63 characters), at most ``max_labels``, no reserved prefix."""
+    if len(labels) > max_labels:
+        return [FieldViolation(field, f"at most {max_labels} labels")]
+    out: list[FieldViolation] = []
+    for key in sorted(labels):
+        value = labels[key]
+        at = f"{field}[{key}]"
+        prefix, slash, name = key.rpartition("/")
+        if (
+            slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))
+        ) or not _LABEL_NAME.fullmatch(name):
+            out.append(
+                FieldViolation(
+                    at,
+                    "not a label key: an optional DNS subdomain prefix and '/', then 1-63 "
+                    "letters, digits, '-', '_' or '.', alphanumeric at both ends",
+                )
+            )
+            continue
+        if any(key.startswith(p) or f".{p}" in key for p in reserved_prefixes):
+            out.append(FieldViolation(at, "a reserved label; cannot be set"))
+            continue
+        if value and not _LABEL_NAME.fullmatch(value):
+            out.append(
+                FieldViolation(
+                    at,
+                    "not a label value: up to 63 letters, digits, '-', '_' or '.', "
+                    "alphanumeric at both ends",
+                )
+            )
+    return out
 
 
 MAX_REASON_CHARS = 500

@@ -35,6 +35,7 @@ from servicekit.errors import SettingsError
 from servicekit.logs import configure_logging
 from servicekit.metrics import serve_metrics
 from servicekit.redisconn import connect_redis
+from servicekit.revocation import RevocationList
 from servicekit.rpc import ServerInterceptor
 from servicekit.settings import ExtraSetting, Settings, load_settings
 
@@ -51,6 +52,9 @@ class Resources:
     pool: asyncpg.Pool
     redis: aioredis.Redis
     verifier: TokenVerifier | None
+    revocations: RevocationList
+    # Runs once the server listens, with its port (e.g. to watch its own service).
+    started_hooks: list[Callable[[int], Awaitable[None]]] = dataclasses.field(default_factory=list)
     shutdown_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
     stopping_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
     # What the service built, by name, for in-process tools and tests to reach.
@@ -195,9 +199,14 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         await pool.close()
         raise
     verifier = build_verifier(settings)
+    redis = connect_redis(settings.redis_url)
+    revocations = RevocationList(redis)
+    if verifier is not None:
+        verifier.is_revoked = revocations.revoked
     resources = Resources(
-        settings=settings, pool=pool, redis=connect_redis(settings.redis_url), verifier=verifier
+        settings=settings, pool=pool, redis=redis, verifier=verifier, revocations=revocations
     )
+    resources.run_in_background(revocations.run(), name="revocations")
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(verifier=verifier, public_methods=spec.public_methods)],
         options=[
@@ -231,6 +240,8 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         if settings.metrics_port is not None:
             metrics = serve_metrics(settings.metrics_port)
         await server.start()
+        for started in resources.started_hooks:
+            await started(port)
     except BaseException:
         for hook in reversed(resources.shutdown_hooks):
             await hook()
@@ -300,6 +311,9 @@ def main(spec: ServiceSpec) -> int:
             uvloop.run(serve(spec, settings))
         else:
             asyncio.run(serve(spec, settings))
+    except SettingsError as exc:
+        print(f"{spec.name}: configuration error: {exc}", file=sys.stderr)
+        return 2
     except (ConnectionError, OSError, db.MigrationError) as exc:
         print(f"{spec.name}: cannot start: {exc}", file=sys.stderr)
         return 1

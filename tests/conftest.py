@@ -49,6 +49,8 @@ class Keys:
         self.jwk = jwk
         self.jwks_file = folder / "jwks.json"
         self.jwks_file.write_text(json.dumps({"keys": [jwk]}))
+        self.signing_key_file = folder / "signing-key.pem"
+        self.signing_key_file.write_bytes(pem)
         self.signer = TokenSigner(pem, issuer="agentready", audience="agentready")
 
     def token(
@@ -82,9 +84,17 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture(scope="session")
-def server_env(database_url: str, redis_url: str, keys: Keys) -> dict[str, str]:
+def server_env(
+    database_url: str, redis_url: str, keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment for a server under test: real stores, free ports, the test keys."""
     return {
+        "TENANT_SIGNING_KEY_FILE": str(keys.signing_key_file),
+        # Cheap argon2id in tests: the suite signs many users up on two cores.
+        "TENANT_ARGON2_TIME_COST": "1",
+        "TENANT_ARGON2_MEMORY_KIB": "1024",
+        "TENANT_ARGON2_PARALLELISM": "1",
+        "PROVISIONER_GITOPS_DIR": str(tmp_path_factory.mktemp("gitops")),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "GRPC_HOST": "127.0.0.1",

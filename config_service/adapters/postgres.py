@@ -63,6 +63,15 @@ class ConfigStore:
             )
         return {row["organization"]: row["revision"] for row in rows}
 
+    async def purge(self, organization: str) -> None:
+        """Deletes everything stored for ``organization`` (it is being deleted)."""
+        async with self.transaction(organization) as conn:
+            for table in ("history", "entries", "schemas", "requests", "organizations"):
+                await conn.execute(
+                    f"DELETE FROM config.{table} WHERE organization = $1",  # noqa: S608 - fixed names
+                    organization,
+                )
+
     async def known_organizations(self) -> list[str]:
         """Every organization with configuration (across organizations: compaction)."""
         async with self.pool.acquire() as conn:

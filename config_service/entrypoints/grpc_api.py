@@ -25,9 +25,9 @@ from servicekit.requests import (
     raise_if_invalid,
     request_key,
 )
-from servicekit.rpc import authorize
+from servicekit.rpc import authorize, authorize_operator
 
-READ, WRITE = "config:read", "config:write"
+READ, WRITE, PURGE = "config:read", "config:write", "config:purge"
 MAX_BATCH = 100
 DEFAULT_PROGRESS_SECONDS = 5.0
 
@@ -344,3 +344,11 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             start_revision=request.start_revision,
             progress_interval=interval,
         )
+
+    async def PurgeConfig(
+        self, request: config_pb2.PurgeConfigRequest, context: Any
+    ) -> empty_pb2.Empty:
+        authorize_operator(PURGE)
+        raise_if_invalid(check_organization(request.organization))
+        await self._store.purge(request.organization)
+        return empty_pb2.Empty()

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from provisioner.domain.quantity import QuantityError, parse_quantity
 from servicekit.errors import FieldViolation
+from servicekit.requests import check_kubernetes_labels
 
-# Label name part and value: at most 63 characters, alphanumerics at both ends.
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
-)
 MAX_LABELS = 32
 MAX_OWNERS = 100
 MAX_SUBJECT = 253
@@ -52,36 +47,9 @@ def check_owners(owners: Sequence[str], field: str = "owners") -> list[FieldViol
 
 def check_labels(labels: Mapping[str, str], field: str = "labels") -> list[FieldViolation]:
     """Kubernetes label syntax, at most 32, none of the reserved prefixes."""
-    if len(labels) > MAX_LABELS:
-        return [FieldViolation(field, f"at most {MAX_LABELS} labels")]
-    out: list[FieldViolation] = []
-    for key in sorted(labels):
-        value = labels[key]
-        at = f"{field}[{key}]"
-        prefix, slash, name = key.rpartition("/")
-        if (slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or (
-            not _LABEL_NAME.match(name)
-        ):
-            out.append(
-                FieldViolation(
-                    at,
-                    "not a label key: an optional DNS subdomain prefix and '/', then 1-63 "
-                    "letters, digits, '-', '_' or '.', alphanumeric at both ends",
-                )
-            )
-            continue
-        if any(key.startswith(p) or f".{p}" in key for p in RESERVED_LABEL_PREFIXES):
-            out.append(FieldViolation(at, "managed by the Provisioner; cannot be set"))
-            continue
-        if value and not _LABEL_NAME.match(value):
-            out.append(
-                FieldViolation(
-                    at,
-                    "not a label value: up to 63 letters, digits, '-', '_' or '.', "
-                    "alphanumeric at both ends",
-                )
-            )
-    return out
+    return check_kubernetes_labels(
+        labels, field, max_labels=MAX_LABELS, reserved_prefixes=RESERVED_LABEL_PREFIXES
+    )
 
 
 def check_quantity(value: str, field: str) -> list[FieldViolation]:

@@ -13,8 +13,8 @@ import asyncio
 import logging
 
 from provisioner.adapters import postgres as pg
-from provisioner.service_layer.leader import LeaderLock
 from provisioner.service_layer.tenants import Tenants
+from servicekit.leader import LeaderLock
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from servicekit.server import RunningServer, ServiceSpec, start
 from servicekit.settings import load_settings
 from tenant_service.app import SPEC as TENANT
 
-SPECS: dict[str, ServiceSpec] = {"tenant": TENANT, "config": CONFIG, "provisioner": PROVISIONER}
+# Started in this order: TenantService is told where the other two listen.
+SPECS: dict[str, ServiceSpec] = {"config": CONFIG, "provisioner": PROVISIONER, "tenant": TENANT}
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +22,11 @@ async def servers(server_env: dict[str, str]) -> AsyncIterator[dict[str, Running
     running: dict[str, RunningServer] = {}
     try:
         for name, spec in SPECS.items():
-            settings = load_settings(name, server_env, extra=spec.extra_settings)
+            env = dict(server_env)
+            if name == "tenant":
+                env["TENANT_PROVISIONER_ADDRESS"] = f"127.0.0.1:{running['provisioner'].port}"
+                env["TENANT_CONFIG_ADDRESS"] = f"127.0.0.1:{running['config'].port}"
+            settings = load_settings(name, env, extra=spec.extra_settings)
             running[name] = await start(spec, settings)
         yield running
     finally:

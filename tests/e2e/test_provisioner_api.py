@@ -420,7 +420,9 @@ async def test_list_spans_organizations_for_operator_tokens_only(
     for caller in callers:
         await caller.provision()
     await callers[2].deprovision()
-    operator = keys.token(None, scopes=frozenset({"provisioner:read"}), subject="operator")
+    operator = keys.token(
+        None, "operator", scopes=frozenset({"provisioner:read"}), subject="operator"
+    )
     seen: list[str] = []
     token = ""
     while True:
@@ -441,8 +443,12 @@ async def test_list_spans_organizations_for_operator_tokens_only(
     assert callers[2].org not in ready_orgs
 
     err = await rpc_error(callers[0].list_all(callers[0].token), Code.PERMISSION_DENIED)
-    assert error_info(err).reason == "WRONG_ORGANIZATION"
-    no_scope = keys.token(None, scopes=frozenset({"config:read"}))
+    assert error_info(err).reason == "OPERATOR_REQUIRED"
+    # A user's token without an organization is not an operator's.
+    user_without_org = keys.token(None, "owner", subject="someone")
+    err = await rpc_error(callers[0].list_all(user_without_org), Code.PERMISSION_DENIED)
+    assert error_info(err).reason == "OPERATOR_REQUIRED"
+    no_scope = keys.token(None, "operator", scopes=frozenset({"config:read"}))
     err = await rpc_error(callers[0].list_all(no_scope), Code.PERMISSION_DENIED)
     assert error_info(err).reason == "MISSING_SCOPE"
     err = await rpc_error(callers[0].list_all(operator, page_size=-1), Code.INVALID_ARGUMENT)

@@ -138,29 +138,22 @@ async def test_expired_and_foreign_tokens_are_unauthenticated(
     assert reasons == ["TOKEN_EXPIRED", "TOKEN_UNKNOWN_KEY"]
 
 
-async def test_public_methods_need_no_token(servers: dict[str, RunningServer]) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['tenant'].port}") as channel:
-        stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetJwks(tenant_pb2.GetJwksRequest(), timeout=5)
-    # Past authentication: the method itself is what is missing, not a token.
-    assert info.value.code() != grpc.StatusCode.UNAUTHENTICATED
-
-
-async def test_rpcs_not_built_yet_answer_unimplemented(
+async def test_public_methods_need_no_token(
     servers: dict[str, RunningServer], keys: Keys
 ) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['tenant'].port}") as channel:
         stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetOrganization(
-                tenant_pb2.GetOrganizationRequest(organization="acme"),
-                metadata=(("authorization", f"Bearer {keys.token()}"),),
-                timeout=5,
-            )
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert info.value.details() == "GetOrganization is not implemented yet"
-    assert error_info(info.value).reason == "NOT_IMPLEMENTED"
+        reply = await stub.GetJwks(tenant_pb2.GetJwksRequest(), timeout=5)
+    published = {k.kid: k for k in reply.keys}
+    assert keys.jwk["kid"] in published
+    key = published[keys.jwk["kid"]]
+    assert (key.kty, key.crv, key.alg, key.use, key.x) == (
+        "OKP",
+        "Ed25519",
+        "EdDSA",
+        "sig",
+        keys.jwk["x"],
+    )
 
 
 async def test_request_id_is_echoed_on_success_and_on_error(

@@ -31,8 +31,8 @@ def make_signer() -> tuple[TokenSigner, dict[str, str]]:
 
 
 def verifier_for(*jwks: dict[str, str], revoked: set[str] | None = None) -> TokenVerifier:
-    async def is_revoked(jti: str) -> bool:
-        return jti in (revoked or set())
+    def is_revoked(principal: Principal) -> bool:
+        return principal.token_id in (revoked or set())
 
     return TokenVerifier(
         KeySet(jwks={"keys": list(jwks)}),
@@ -119,8 +119,8 @@ async def test_a_cached_token_still_expires_and_can_be_revoked() -> None:
     revoked: set[str] = set()
     now = [time.time()]
 
-    async def is_revoked(jti: str) -> bool:
-        return jti in revoked
+    def is_revoked(principal: Principal) -> bool:
+        return principal.token_id in revoked
 
     verifier = TokenVerifier(
         KeySet(jwks={"keys": [jwk]}),
@@ -207,8 +207,16 @@ async def test_dev_tokens_for_an_organization_and_for_an_operator(tmp_path: Path
     member.require("demo", "config:read")
     with pytest.raises(PermissionDenied):
         member.require_operator("provisioner:read")
-    operator = await verifier.verify(mint_dev_token(key_path, organization=None, role="owner"))
+    operator = await verifier.verify(mint_dev_token(key_path, organization=None, role="operator"))
     assert operator.organization is None
     operator.require_operator("provisioner:read")
+    operator.require("demo", "config:read")  # operators act in every organization
     with pytest.raises(PermissionDenied):
-        operator.require("demo", "config:read")
+        operator.require("demo", "config:purge")  # with their own scopes only
+    # A user's token without an organization is no operator's.
+    user = await verifier.verify(mint_dev_token(key_path, organization=None, role="owner"))
+    with pytest.raises(PermissionDenied) as info:
+        user.require_operator("provisioner:read")
+    assert info.value.reason == "OPERATOR_REQUIRED"
+    with pytest.raises(PermissionDenied):
+        user.require("demo", "config:read")

@@ -900,6 +900,28 @@ class DeleteConfigRequest(_message.Message):
 Global___DeleteConfigRequest: _TypeAlias = DeleteConfigRequest  # noqa: Y015
 
 @_typing.final
+class PurgeConfigRequest(_message.Message):
+    """Request of ConfigService.PurgeConfig."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Required. Slug of the organization whose configuration is removed."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeConfigRequest: _TypeAlias = PurgeConfigRequest  # noqa: Y015
+
+@_typing.final
 class ListConfigHistoryRequest(_message.Message):
     """Request of ConfigService.ListConfigHistory."""
 

@@ -123,6 +123,11 @@ class ConfigServiceStub:
                 request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
                 response_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigResponse.FromString,
                 _registered_method=True)
+        self.PurgeConfig = channel.unary_unary(
+                '/agentready.config.v1.ConfigService/PurgeConfig',
+                request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.PurgeConfigRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class ConfigServiceServicer:
@@ -274,6 +279,17 @@ class ConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeConfig(self, request, context):
+        """Removes everything ConfigService holds for an organization (values, history,
+        schemas, revision and request records), for an organization being deleted.
+        Needs an operator or platform-service token (role "operator" or "service", not
+        scoped to one organization) with scope "config:purge". Idempotent: purging an
+        organization with nothing stored succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +352,11 @@ def add_ConfigServiceServicer_to_server(servicer, server):
                     servicer.WatchConfig,
                     request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.FromString,
                     response_serializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigResponse.SerializeToString,
+            ),
+            'PurgeConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeConfig,
+                    request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.PurgeConfigRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -690,6 +711,33 @@ class ConfigService:
             '/agentready.config.v1.ConfigService/WatchConfig',
             agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
             agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentready.config.v1.ConfigService/PurgeConfig',
+            agentready_dot_config_dot_v1_dot_config__pb2.PurgeConfigRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

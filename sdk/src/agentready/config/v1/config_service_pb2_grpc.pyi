@@ -129,6 +129,13 @@ class ConfigServiceStub:
     example on shutdown, or when the client reads too slowly); the client then
     resumes from its last revision with backoff.
     """
+    PurgeConfig: _grpc.UnaryUnaryMultiCallable[_config_pb2.PurgeConfigRequest, _empty_pb2.Empty]
+    """Removes everything ConfigService holds for an organization (values, history,
+    schemas, revision and request records), for an organization being deleted.
+    Needs an operator or platform-service token (role "operator" or "service", not
+    scoped to one organization) with scope "config:purge". Idempotent: purging an
+    organization with nothing stored succeeds.
+    """
 
 @_typing.type_check_only
 class ConfigServiceAsyncStub(ConfigServiceStub):
@@ -229,6 +236,13 @@ class ConfigServiceAsyncStub(ConfigServiceStub):
     it has caught up. The server may end a stream at any time with UNAVAILABLE (for
     example on shutdown, or when the client reads too slowly); the client then
     resumes from its last revision with backoff.
+    """
+    PurgeConfig: _aio.UnaryUnaryMultiCallable[_config_pb2.PurgeConfigRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Removes everything ConfigService holds for an organization (values, history,
+    schemas, revision and request records), for an organization being deleted.
+    Needs an operator or platform-service token (role "operator" or "service", not
+    scoped to one organization) with scope "config:purge". Idempotent: purging an
+    organization with nothing stored succeeds.
     """
 
 class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -399,6 +413,19 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         it has caught up. The server may end a stream at any time with UNAVAILABLE (for
         example on shutdown, or when the client reads too slowly); the client then
         resumes from its last revision with backoff.
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeConfig(
+        self,
+        request: _config_pb2.PurgeConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Removes everything ConfigService holds for an organization (values, history,
+        schemas, revision and request records), for an organization being deleted.
+        Needs an operator or platform-service token (role "operator" or "service", not
+        scoped to one organization) with scope "config:purge". Idempotent: purging an
+        organization with nothing stored succeeds.
         """
 
 def add_ConfigServiceServicer_to_server(servicer: ConfigServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

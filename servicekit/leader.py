@@ -1,4 +1,4 @@
-"""Leadership: one replica reconciles at a time.
+"""Leadership: one replica of a service runs its reconcile loop at a time.
 
 The leader holds a PostgreSQL session advisory lock on a dedicated connection (never a
 pooled one, which could be handed to other work or reset). PostgreSQL releases the lock
@@ -38,9 +38,16 @@ class LeaderLock:
     """
 
     def __init__(
-        self, dsn: str, *, key: int | None = None, timeout: float = 5.0, cooldown: float = 1.0
+        self,
+        dsn: str,
+        *,
+        key: int | None = None,
+        timeout: float = 5.0,
+        cooldown: float = 1.0,
+        application_name: str = "agentready-provisioner-leader",
     ) -> None:
         self._dsn = dsn
+        self._application_name = application_name
         self._key = leader_lock_key() if key is None else key
         self._timeout = timeout
         self._cooldown = cooldown
@@ -82,7 +89,7 @@ class LeaderLock:
             self._conn = await asyncpg.connect(
                 self._dsn,
                 timeout=self._timeout,
-                server_settings={"application_name": "agentready-provisioner-leader"},
+                server_settings={"application_name": self._application_name},
             )
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             log.warning("cannot reach PostgreSQL for the leader lock: %s", exc)

@@ -1,0 +1,1 @@
+"""TenantService adapters: PostgreSQL, Redis and the other services over gRPC."""

@@ -1,0 +1,1 @@
+"""TenantService domain: users, organizations, members, projects, notes, keys; no I/O."""

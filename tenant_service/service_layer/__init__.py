@@ -1,0 +1,1 @@
+"""TenantService use cases: transactions, sagas, tokens."""
