@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     print(f"agent-ready: starting the suite (data in {folder})", flush=True)
-    _, jwks_path = ensure_dev_keys(folder / "keys")
+    key_path, jwks_path = ensure_dev_keys(folder / "keys")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     exit_code = 0
     with backing_services(folder) as backing:
@@ -323,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
             **os.environ,
             **backing,
             "JWT_JWKS_FILE": os.environ.get("JWT_JWKS_FILE", str(jwks_path)),
+            "TENANT_SIGNING_KEY_FILE": os.environ.get("TENANT_SIGNING_KEY_FILE", str(key_path)),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
             "PROVISIONER_GITOPS_DIR": os.environ.get(
                 "PROVISIONER_GITOPS_DIR", str(folder / "gitops")
