@@ -81,9 +81,9 @@ class TenantApi:
     """TenantService (and ConfigService, to see tokens work elsewhere) from outside."""
 
     def __init__(self, tenant: grpc.aio.Channel, config: grpc.aio.Channel | None = None) -> None:
-        self.stub: TenantServiceAsyncStub = tenant_service_pb2_grpc.TenantServiceStub(tenant)  # type: ignore[assignment]
+        self.stub: TenantServiceAsyncStub = tenant_service_pb2_grpc.TenantServiceStub(tenant)
         self.config: ConfigServiceAsyncStub | None = (
-            config_service_pb2_grpc.ConfigServiceStub(config) if config else None  # type: ignore[assignment]
+            config_service_pb2_grpc.ConfigServiceStub(config) if config else None
         )
 
     async def signup(self, email: str | None = None, *, display_name: str = "") -> Person:
@@ -112,7 +112,9 @@ class TenantApi:
         person.access, person.refresh = reply.tokens.access_token, reply.tokens.refresh_token
         return person
 
-    async def create_org(self, person: Person, slug: str | None = None, **fields: Any) -> pb.Organization:
+    async def create_org(
+        self, person: Person, slug: str | None = None, **fields: Any
+    ) -> pb.Organization:
         slug = new_slug() if slug is None else slug
         return await self.stub.CreateOrganization(
             pb.CreateOrganizationRequest(organization=pb.Organization(slug=slug, **fields)),
@@ -127,7 +129,7 @@ class TenantApi:
         await self.login(person, org.slug)
         return person, org.slug
 
-    async def join(self, admin: Person, organization: str, role: int) -> Person:
+    async def join(self, admin: Person, organization: str, role: pb.Role.ValueType) -> Person:
         """A fresh user added to ``organization`` with ``role``, logged into it."""
         person = await self.signup()
         await self.stub.CreateMember(

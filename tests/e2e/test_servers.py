@@ -138,9 +138,7 @@ async def test_expired_and_foreign_tokens_are_unauthenticated(
     assert reasons == ["TOKEN_EXPIRED", "TOKEN_UNKNOWN_KEY"]
 
 
-async def test_public_methods_need_no_token(
-    servers: dict[str, RunningServer], keys: Keys
-) -> None:
+async def test_public_methods_need_no_token(servers: dict[str, RunningServer], keys: Keys) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['tenant'].port}") as channel:
         stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
         reply = await stub.GetJwks(tenant_pb2.GetJwksRequest(), timeout=5)

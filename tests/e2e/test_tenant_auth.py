@@ -49,7 +49,9 @@ async def test_sign_up_normalises_the_email_and_refuses_a_taken_one(api: TenantA
     person = await api.signup(f"  {email.upper()} ", display_name="Ada")
     assert person.user.email == email
     assert person.user.display_name == "Ada"
-    assert person.user.id and person.user.etag and person.user.create_time.seconds > 0
+    assert person.user.id
+    assert person.user.etag
+    assert person.user.create_time.seconds > 0
     err = await rpc_error(api.signup(email), Code.ALREADY_EXISTS)
     assert error_info(err).reason == "ALREADY_EXISTS"
 
@@ -108,16 +110,15 @@ async def test_the_same_request_id_signs_up_once(api: TenantApi) -> None:
 # -- sign-in ---------------------------------------------------------------------------
 
 
-async def test_login_gives_tokens_the_other_services_accept(
-    api: TenantApi, keys: Keys
-) -> None:
+async def test_login_gives_tokens_the_other_services_accept(api: TenantApi, keys: Keys) -> None:
     person, org = await api.owner_of_new_org()
     claims = claims_of(person.access)
     assert claims["sub"] == person.id
     assert claims["org"] == org
     assert claims["role"] == "owner"
     assert "config:write" in str(claims["scope"]).split()
-    assert claims["iss"] == "agentready" and claims["aud"] == "agentready"
+    assert claims["iss"] == "agentready"
+    assert claims["aud"] == "agentready"
     assert int(claims["exp"]) - int(claims["iat"]) == 15 * 60  # type: ignore[call-overload]
     assert jwt.get_unverified_header(person.access)["kid"] == keys.jwk["kid"]
     assert await api.config_works(person.access, org)
@@ -168,7 +169,8 @@ async def test_refresh_rotates_and_switches_organization(api: TenantApi) -> None
     person, org = await api.owner_of_new_org()
     first_access, first_refresh = person.access, person.refresh
     await api.refresh(person)
-    assert person.refresh != first_refresh and person.access != first_access
+    assert person.refresh != first_refresh
+    assert person.access != first_access
     assert claims_of(person.access)["org"] == org
     await api.refresh(person, organization="")  # keeps the scope
     assert claims_of(person.access)["org"] == org
@@ -299,6 +301,8 @@ async def test_jwks_lists_the_signing_key_without_private_parts(api: TenantApi) 
     reply = await api.stub.GetJwks(pb.GetJwksRequest(), timeout=10)
     assert reply.keys
     for key in reply.keys:
-        assert key.kid and key.kty == "OKP" and key.x
+        assert key.kid
+        assert key.kty == "OKP"
+        assert key.x
     # Nothing but public members in the message type at all.
     assert "d" not in {f.name for f in pb.JsonWebKey.DESCRIPTOR.fields}

@@ -49,7 +49,10 @@ async def test_create_provisions_end_to_end_and_makes_the_caller_owner(
     org = await api.create_org(person, slug, display_name="Acme", labels={"tier": "gold"})
     assert org.state == ACTIVE  # the GitOps backend is READY at once
     assert (org.slug, org.display_name, dict(org.labels)) == (slug, "Acme", {"tier": "gold"})
-    assert org.uid and org.etag and not org.state_reason and not org.HasField("delete_time")
+    assert org.uid
+    assert org.etag
+    assert not org.state_reason
+    assert not org.HasField("delete_time")
     # The environment exists: its Kustomize directory, with the owner bound.
     folder = Path(server_env["PROVISIONER_GITOPS_DIR"]) / f"org-{slug}"
     assert (folder / "kustomization.yaml").is_file()
@@ -189,7 +192,8 @@ async def test_update_with_a_mask_and_an_etag(api: TenantApi) -> None:
         metadata=person.auth,
         timeout=10,
     )
-    assert dict(cleared.labels) == {} and cleared.display_name == "After"
+    assert dict(cleared.labels) == {}
+    assert cleared.display_name == "After"
     err = await rpc_error(
         api.stub.UpdateOrganization(
             pb.UpdateOrganizationRequest(
@@ -255,7 +259,8 @@ async def test_delete_revokes_everything_purges_config_and_keeps_the_slug(
         return list(reply.organizations)
 
     (gone,) = await eventually(listed, lambda orgs: orgs[0].state == DELETED)
-    assert gone.slug == slug and gone.HasField("delete_time")
+    assert gone.slug == slug
+    assert gone.HasField("delete_time")
     hidden = await api.stub.ListOrganizations(
         pb.ListOrganizationsRequest(), metadata=person.auth, timeout=10
     )
@@ -267,7 +272,8 @@ async def test_delete_revokes_everything_purges_config_and_keeps_the_slug(
     configs = await api.config.ListConfigs(
         config_pb2.ListConfigsRequest(organization=slug), metadata=bearer(operator), timeout=10
     )
-    assert list(configs.configs) == [] and configs.revision == 0
+    assert list(configs.configs) == []
+    assert configs.revision == 0
 
 
 async def test_purge_config_is_for_the_platform_only(api: TenantApi, keys: Keys) -> None:

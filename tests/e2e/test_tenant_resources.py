@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
+from agentready import AsyncConfigWatcher, WatcherState
 from agentready.tenant.v1 import tenant_pb2 as pb
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from agentready import AsyncConfigWatcher, WatcherState
 from servicekit.server import RunningServer
 from tenant_service.domain.model import Role
 from tenant_service.domain.permissions import RULES
@@ -94,7 +94,7 @@ async def test_members_by_id_or_email_with_roles_and_etags(api: TenantApi) -> No
     await rpc_error(
         api.stub.CreateMember(
             pb.CreateMemberRequest(
-                organization=org, member=pb.Member(email="nobody@example.com", role=1)
+                organization=org, member=pb.Member(email="nobody@example.com", role=pb.ROLE_OWNER)
             ),
             metadata=owner.auth,
             timeout=10,
@@ -113,7 +113,8 @@ async def test_members_by_id_or_email_with_roles_and_etags(api: TenantApi) -> No
     listed = await api.stub.ListMembers(
         pb.ListMembersRequest(organization=org, page_size=2), metadata=owner.auth, timeout=10
     )
-    assert len(listed.members) == 2 and listed.next_page_token
+    assert len(listed.members) == 2
+    assert listed.next_page_token
     rest = await api.stub.ListMembers(
         pb.ListMembersRequest(organization=org, page_size=2, page_token=listed.next_page_token),
         metadata=owner.auth,
@@ -130,7 +131,8 @@ async def test_members_by_id_or_email_with_roles_and_etags(api: TenantApi) -> No
         metadata=owner.auth,
         timeout=10,
     )
-    assert updated.role == pb.ROLE_ADMIN and updated.etag != by_email.etag
+    assert updated.role == pb.ROLE_ADMIN
+    assert updated.etag != by_email.etag
     await rpc_error(
         api.stub.UpdateMember(
             pb.UpdateMemberRequest(
@@ -285,7 +287,9 @@ async def test_projects_and_notes_round_trip_with_pages_masks_and_etags(api: Ten
     )
     renamed = await api.stub.UpdateProject(
         pb.UpdateProjectRequest(
-            project=pb.Project(organization=org, id="website", display_name="Web", etag=project.etag),
+            project=pb.Project(
+                organization=org, id="website", display_name="Web", etag=project.etag
+            ),
             update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
         ),
         metadata=owner.auth,
@@ -303,7 +307,8 @@ async def test_projects_and_notes_round_trip_with_pages_masks_and_etags(api: Ten
                 timeout=10,
             )
         )
-    assert notes[0].author_user_id == owner.id and notes[0].project == "website"
+    assert notes[0].author_user_id == owner.id
+    assert notes[0].project == "website"
     seen: list[str] = []
     token = ""
     while True:
@@ -410,7 +415,8 @@ async def test_a_key_token_is_shown_once_works_in_a_pod_and_dies_with_its_key(
         request_id=request_id,
     )
     key, token = created.service_account_key, created.token
-    assert key.scopes == ["config:read"] and key.display_name == "worker"
+    assert key.scopes == ["config:read"]
+    assert key.display_name == "worker"
     assert key.expire_time.seconds - key.create_time.seconds == 3600
     retried = await create_key(
         api,
@@ -538,7 +544,9 @@ def _calls() -> dict[str, Call]:
             pb.DeleteMemberRequest(organization=s.org, user_id=s.victim.id), **t(md=md)
         ),
         "CreateProject": lambda a, s, md: a.stub.CreateProject(
-            pb.CreateProjectRequest(organization=s.org, project=pb.Project(id=f"p{uuid.uuid4().hex[:8]}")),
+            pb.CreateProjectRequest(
+                organization=s.org, project=pb.Project(id=f"p{uuid.uuid4().hex[:8]}")
+            ),
             **t(md=md),
         ),
         "GetProject": lambda a, s, md: a.stub.GetProject(
@@ -548,7 +556,9 @@ def _calls() -> dict[str, Call]:
             pb.ListProjectsRequest(organization=s.org), **t(md=md)
         ),
         "UpdateProject": lambda a, s, md: a.stub.UpdateProject(
-            pb.UpdateProjectRequest(project=pb.Project(organization=s.org, id="base", description="d")),
+            pb.UpdateProjectRequest(
+                project=pb.Project(organization=s.org, id="base", description="d")
+            ),
             **t(md=md),
         ),
         "DeleteProject": lambda a, s, md: a.stub.DeleteProject(
@@ -631,7 +641,11 @@ async def test_permission_matrix(api: TenantApi, caller: str) -> None:
     owner, org = await api.owner_of_new_org()
     scene = await _scene(api, owner, org)
     if caller in ROLES:
-        token = owner.access if caller == "owner" else (await api.join(owner, org, ROLES[caller])).access
+        token = (
+            owner.access
+            if caller == "owner"
+            else (await api.join(owner, org, ROLES[caller])).access
+        )
     elif caller.startswith("key:"):
         scopes = ["org:read", "org:write"] if caller == "key:read+write" else ["org:read"]
         token = (await create_key(api, owner, org, scopes)).token
@@ -639,7 +653,12 @@ async def test_permission_matrix(api: TenantApi, caller: str) -> None:
         stranger, _ = await api.owner_of_new_org()
         token = stranger.access
     calls = _calls()
-    assert set(calls) == set(RULES) - {"GetUser", "Logout", "CreateOrganization", "ListOrganizations"}
+    assert set(calls) == set(RULES) - {
+        "GetUser",
+        "Logout",
+        "CreateOrganization",
+        "ListOrganizations",
+    }
     for method, call in calls.items():
         try:
             await call(api, scene, bearer(token))

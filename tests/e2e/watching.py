@@ -131,11 +131,12 @@ class Recorder:
 
 
 class Replica:
-    """A ConfigService replica as a real process, killed or stopped at will."""
+    """A server replica (ConfigService unless ``module`` says otherwise) as a real
+    process, killed or stopped at will."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], module: str = "config_service") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "config_service"],
+            [sys.executable, "-m", module],
             env={"PATH": os.environ["PATH"], **env, "LOG_LEVEL": "INFO"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -160,7 +161,7 @@ class Replica:
             self.log.append(entry)
             if entry.get("message") == "serving":
                 self.port = int(entry["grpc_port"])
-                self.metrics_port = int(entry["metrics_port"])
+                self.metrics_port = int(entry["metrics_port"] or 0)
                 self._serving.set()
 
     def metric(self, name: str) -> float:

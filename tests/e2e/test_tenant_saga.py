@@ -1,0 +1,168 @@
+"""TenantService's organization saga under faults, and TenantService scaled out: the
+Provisioner down then back, a TenantService killed mid-saga, two replicas as processes.
+
+These tests work in a database of their own: the session's servers run a saga loop
+of their own on the shared one, and must not finish these sagas for them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+from agentready.tenant.v1 import tenant_pb2 as pb
+
+from provisioner.app import SPEC as PROVISIONER
+from servicekit.devstack import free_port, scratch_database
+from servicekit.server import RunningServer, start
+from servicekit.settings import load_settings
+from tenant_service.app import SPEC as TENANT
+from tests.e2e.tenant_support import Code, TenantApi, eventually, rpc_error
+from tests.e2e.watching import Replica
+
+pytestmark = pytest.mark.slow
+
+PROVISIONING, ACTIVE = pb.Organization.STATE_PROVISIONING, pb.Organization.STATE_ACTIVE
+
+
+@pytest.fixture(scope="module")
+def saga_database_url(postgres_server_url: str) -> Iterator[str]:
+    with scratch_database(postgres_server_url, "agentready_saga") as url:
+        yield url
+
+
+@pytest.fixture
+def saga_env(server_env: dict[str, str], saga_database_url: str) -> dict[str, str]:
+    """TenantService settings with a Provisioner port nothing listens on (yet)."""
+    return {
+        **server_env,
+        "DATABASE_URL": saga_database_url,
+        "METRICS_PORT": "off",
+        "TENANT_PROVISIONER_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TENANT_CONFIG_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TENANT_CALL_TIMEOUT_SECONDS": "2",
+        "TENANT_SAGA_GRACE_SECONDS": "0.1",
+        "TENANT_SAGA_BACKOFF_BASE_SECONDS": "0.05",
+        "TENANT_SAGA_BACKOFF_MAX_SECONDS": "0.2",
+        "TENANT_SAGA_POLL_SECONDS": "0.05",
+    }
+
+
+async def start_provisioner(saga_env: dict[str, str]) -> RunningServer:
+    """The Provisioner, on the port TenantService was told about."""
+    port = saga_env["TENANT_PROVISIONER_ADDRESS"].rpartition(":")[2]
+    env = {**saga_env, "GRPC_PORT": port}
+    return await start(
+        PROVISIONER, load_settings("provisioner", env, extra=PROVISIONER.extra_settings)
+    )
+
+
+@pytest.fixture
+async def tenant(saga_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    server = await start(TENANT, load_settings("tenant", saga_env, extra=TENANT.extra_settings))
+    yield server
+    await server.stop()
+
+
+async def organization_state(
+    api: TenantApi, person_auth: tuple[tuple[str, str], ...], slug: str
+) -> int:
+    org = await api.stub.GetOrganization(
+        pb.GetOrganizationRequest(organization=slug), metadata=person_auth, timeout=10
+    )
+    return int(org.state)
+
+
+async def test_provisioner_down_then_up_finishes_without_a_new_request(
+    tenant: RunningServer, saga_env: dict[str, str]
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
+        api = TenantApi(channel)
+        person = await api.login(await api.signup())
+        org = await api.create_org(person)
+        assert org.state == PROVISIONING  # the Provisioner is down
+        await api.login(person, org.slug)
+        assert await organization_state(api, person.auth, org.slug) == PROVISIONING
+        provisioner = await start_provisioner(saga_env)
+        try:
+            await eventually(
+                lambda: organization_state(api, person.auth, org.slug), lambda s: s == ACTIVE
+            )
+        finally:
+            await provisioner.stop()
+
+
+async def test_a_tenant_service_killed_mid_saga_converges_after_restart(
+    saga_env: dict[str, str],
+) -> None:
+    first = await asyncio.to_thread(Replica, {**saga_env, "GRPC_PORT": "0"}, "tenant_service")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+            api = TenantApi(channel)
+            person = await api.login(await api.signup())
+            org = await api.create_org(person)
+            assert org.state == PROVISIONING
+    finally:
+        await asyncio.to_thread(first.kill)  # SIGKILL: mid-saga, no goodbye
+    provisioner = await start_provisioner(saga_env)
+    second = await asyncio.to_thread(Replica, {**saga_env, "GRPC_PORT": "0"}, "tenant_service")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+            api = TenantApi(channel)
+            await api.login(person, org.slug)
+            await eventually(
+                lambda: organization_state(api, person.auth, org.slug), lambda s: s == ACTIVE
+            )
+    finally:
+        await asyncio.to_thread(second.stop)
+        await provisioner.stop()
+
+
+async def test_two_replicas_serve_the_same_users_and_revocations(
+    saga_env: dict[str, str],
+) -> None:
+    provisioner = await start_provisioner(saga_env)
+    replicas = await asyncio.gather(
+        *(
+            asyncio.to_thread(Replica, {**saga_env, "GRPC_PORT": "0"}, "tenant_service")
+            for _ in range(2)
+        )
+    )
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{replicas[0].port}") as a_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{replicas[1].port}") as b_channel,
+        ):
+            a, b = TenantApi(a_channel), TenantApi(b_channel)
+            person = await a.signup()
+            await b.login(person)
+            org = await b.create_org(person)
+            assert org.state == ACTIVE
+            await a.login(person, org.slug)
+            seen = await b.stub.GetOrganization(
+                pb.GetOrganizationRequest(organization=org.slug), metadata=person.auth, timeout=10
+            )
+            assert seen.uid == org.uid
+            await b.refresh(person)  # a pair minted on A rotates on B
+            # Signing out on B is refused on A within a second.
+            await b.stub.Logout(
+                pb.LogoutRequest(refresh_token=person.refresh), metadata=person.auth, timeout=10
+            )
+
+            async def refused_on_a() -> bool:
+                try:
+                    await a.stub.GetOrganization(
+                        pb.GetOrganizationRequest(organization=org.slug),
+                        metadata=person.auth,
+                        timeout=10,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == Code.UNAUTHENTICATED
+                return False
+
+            await eventually(refused_on_a, lambda refused: refused, 1.0)
+            await rpc_error(a.refresh(person, org.slug), Code.UNAUTHENTICATED)
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
+        await provisioner.stop()
