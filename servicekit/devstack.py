@@ -200,6 +200,25 @@ def mint_dev_token(
     return token
 
 
+def write_platform_token(key_path: Path) -> Path:
+    """A platform-service token (``config:read``) beside the signing key, with which
+    ConfigService and the Provisioner watch the platform configuration in ``make run``.
+    Minted anew at every start; readable by its owner only."""
+    signer = TokenSigner(key_path.read_bytes(), issuer="agentready", audience="agentready")
+    token, _ = signer.mint(
+        subject="service:devstack",
+        organization=None,
+        role="service",
+        scopes=frozenset({"config:read"}),
+        ttl=dt.timedelta(days=30),
+    )
+    path = key_path.parent / "platform-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return path
+
+
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -324,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
             **backing,
             "JWT_JWKS_FILE": os.environ.get("JWT_JWKS_FILE", str(jwks_path)),
             "TENANT_SIGNING_KEY_FILE": os.environ.get("TENANT_SIGNING_KEY_FILE", str(key_path)),
+            "PLATFORM_TOKEN_FILE": os.environ.get(
+                "PLATFORM_TOKEN_FILE", str(write_platform_token(key_path))
+            ),
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
             "PROVISIONER_GITOPS_DIR": os.environ.get(
                 "PROVISIONER_GITOPS_DIR", str(folder / "gitops")
@@ -378,22 +400,50 @@ def run(args: argparse.Namespace) -> int:
     return exit_code
 
 
+DEMO_EMAIL = "ada@example.com"
+DEMO_PASSWORD = "correct horse battery staple"  # noqa: S105 - the demo's, printed on purpose
+DEMO_ORG = "acme"
+
+
+def first_steps(env: Mapping[str, str]) -> list[str]:
+    """Shell commands that sign up, log in, create an organization and watch its
+    configuration, against the suite ``make run`` started (printed; tested as is)."""
+    tenant = f"127.0.0.1:{_port_of('tenant', env)}"
+    config = f"127.0.0.1:{_port_of('config', env)}"
+    grpcurl = ".venv/bin/grpcurl -plaintext"
+    login = (
+        f'{grpcurl} -d \'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}", '
+        f'"organization": "ORG"}}\' {tenant} agentready.tenant.v1.TenantService/Login'
+        " | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)"
+        '["tokens"]["accessToken"])\''
+    )
+    return [
+        "# Sign up, log in, create an organization (provisioned end to end):",
+        f'{grpcurl} -d \'{{"user": {{"email": "{DEMO_EMAIL}"}}, '
+        f'"password": "{DEMO_PASSWORD}"}}\' {tenant} '
+        "agentready.tenant.v1.TenantService/CreateUser",
+        f"TOKEN=$({login.replace('ORG', '')})",
+        f'{grpcurl} -H "authorization: Bearer $TOKEN" -d \'{{"organization": '
+        f'{{"slug": "{DEMO_ORG}"}}}}\' {tenant} '
+        "agentready.tenant.v1.TenantService/CreateOrganization",
+        f"# A token scoped to {DEMO_ORG}; then set a value and watch the configuration:",
+        f"TOKEN=$({login.replace('ORG', DEMO_ORG)})",
+        f'{grpcurl} -H "authorization: Bearer $TOKEN" -d \'{{"organization": '
+        f'"{DEMO_ORG}", "service": "ai", "key": "threshold", '
+        f'"value": {{"doubleValue": 0.75}}}}\' {config} '
+        "agentready.config.v1.ConfigService/SetConfig",
+        f'{grpcurl} -H "authorization: Bearer $TOKEN" -d \'{{"organization": '
+        f'"{DEMO_ORG}"}}\' {config} agentready.config.v1.ConfigService/WatchConfig',
+    ]
+
+
 def _print_ready(env: Mapping[str, str]) -> None:
     lines = ["", "agent-ready is up:"]
     for name, _, service in SERVICES:
         lines.append(f"  {service:<46} 127.0.0.1:{_port_of(name, env)}")
-    lines += [
-        "",
-        "Try (see README.md for more):",
-        "  .venv/bin/grpcurl -plaintext 127.0.0.1:50052 list",
-        "  TOKEN=$(make -s token ORG=demo)",
-        '  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\',
-        '      -d \'{"organization": "demo"}\' \\',
-        "      127.0.0.1:50052 agentready.config.v1.ConfigService/WatchConfig",
-        "",
-        "Ctrl-C stops everything.",
-        "",
-    ]
+    lines += ["", "First steps, in another terminal (README.md has more):", ""]
+    lines += [f"  {line}" for line in first_steps(env)]
+    lines += ["", "Ctrl-C stops everything.", ""]
     print("\n".join(lines), flush=True)
 
 

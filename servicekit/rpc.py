@@ -8,6 +8,8 @@ inside the handler:
 * the caller's verified token is available as :func:`current_principal` (methods
   listed as public, health and reflection need none); a missing or bad token is
   ``UNAUTHENTICATED`` before any handler code runs;
+* the caller's organization is held to its request rate
+  (:mod:`servicekit.ratelimit`): ``RESOURCE_EXHAUSTED`` with ``RetryInfo`` beyond it;
 * a :class:`~servicekit.errors.AgentReadyError` raised by the handler becomes a
   ``google.rpc.Status`` with ``ErrorInfo`` (plus ``BadRequest``, ``ResourceInfo`` or
   ``RetryInfo``), ``NotImplementedError`` becomes ``UNIMPLEMENTED`` and anything else
@@ -37,6 +39,7 @@ from servicekit import errors
 from servicekit.auth import Principal, TokenVerifier
 from servicekit.logs import method_var, organization_var, request_id_var
 from servicekit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY, RPC_STARTED
+from servicekit.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +189,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of a server in the shared call path."""
 
     def __init__(
-        self, *, verifier: TokenVerifier | None, public_methods: Iterable[str] = ()
+        self,
+        *,
+        verifier: TokenVerifier | None,
+        public_methods: Iterable[str] = (),
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         """
         Args:
             verifier: checks bearer tokens; ``None`` rejects every call that needs one.
             public_methods: full method names (``/pkg.Service/Method``) served without
                 a token, e.g. ``Login``.
+            rate_limiter: holds each organization to its request rate (calls with a
+                token scoped to an organization; operators and platform services are
+                not limited).
         """
         self._verifier = verifier
         self._public = frozenset(public_methods)
+        self._limiter = rate_limiter
 
     async def intercept_service(
         self,
@@ -282,6 +293,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         principal = await self._authenticate(metadata.get("authorization"))
         principal_var.set(principal)
         organization_var.set(principal.organization)
+        if self._limiter is not None and principal.organization and not principal.is_platform:
+            await self._limiter.check(principal.organization)
 
     async def _authenticate(self, header: Any) -> Principal:
         if not isinstance(header, str) or not header.strip():

@@ -34,6 +34,8 @@ from servicekit.auth import KeySet, TokenVerifier
 from servicekit.errors import SettingsError
 from servicekit.logs import configure_logging
 from servicekit.metrics import serve_metrics
+from servicekit.platform import FileToken, PlatformConfig
+from servicekit.ratelimit import RateLimiter
 from servicekit.redisconn import connect_redis
 from servicekit.revocation import RevocationList
 from servicekit.rpc import ServerInterceptor
@@ -53,6 +55,8 @@ class Resources:
     redis: aioredis.Redis
     verifier: TokenVerifier | None
     revocations: RevocationList
+    # The platform's own configuration (rate limits, organization limits), watched.
+    platform: PlatformConfig
     # Runs once the server listens, with its port (e.g. to watch its own service).
     started_hooks: list[Callable[[int], Awaitable[None]]] = dataclasses.field(default_factory=list)
     shutdown_hooks: list[ShutdownHook] = dataclasses.field(default_factory=list)
@@ -203,12 +207,29 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     revocations = RevocationList(redis)
     if verifier is not None:
         verifier.is_revoked = revocations.revoked
+    platform = PlatformConfig(
+        settings.platform_organization,
+        target=settings.config_address,
+        token=FileToken(settings.platform_token_file) if settings.platform_token_file else None,
+    )
     resources = Resources(
-        settings=settings, pool=pool, redis=redis, verifier=verifier, revocations=revocations
+        settings=settings,
+        pool=pool,
+        redis=redis,
+        verifier=verifier,
+        revocations=revocations,
+        platform=platform,
     )
     resources.run_in_background(revocations.run(), name="revocations")
+    resources.on_shutdown(platform.stop)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(verifier=verifier, public_methods=spec.public_methods)],
+        interceptors=[
+            ServerInterceptor(
+                verifier=verifier,
+                public_methods=spec.public_methods,
+                rate_limiter=RateLimiter(redis, platform.rate_limit),
+            )
+        ],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", 30_000),
@@ -240,6 +261,9 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         if settings.metrics_port is not None:
             metrics = serve_metrics(settings.metrics_port)
         await server.start()
+        if spec.name == "config":
+            platform.target = f"127.0.0.1:{port}"  # ConfigService watches itself
+        await platform.start()
         for started in resources.started_hooks:
             await started(port)
     except BaseException:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from servicekit.errors import SettingsError
+from servicekit.requests import check_organization
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
@@ -44,6 +45,9 @@ class Settings:
     jwks_url: str | None
     jwt_issuer: str
     jwt_audience: str
+    platform_organization: str
+    config_address: str
+    platform_token_file: Path | None
     # Service-specific settings, validated: name → int, float or str.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -112,6 +116,25 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("JWT_JWKS_URL", "(unset)", "HTTP(S) URL of a JWKS document, used when no file is set."),
     ("JWT_ISSUER", "agentready", "Required `iss` claim of every token."),
     ("JWT_AUDIENCE", "agentready", "Required `aud` claim of every token."),
+    (
+        "PLATFORM_ORGANIZATION",
+        "platform",
+        "Reserved organization holding the platform's own configuration (rate limits, "
+        "organization limits); no one can create it.",
+    ),
+    (
+        "CONFIG_ADDRESS",
+        "127.0.0.1:50052",
+        "host:port of ConfigService, where every server watches the platform "
+        "configuration (ConfigService watches itself).",
+    ),
+    (
+        "PLATFORM_TOKEN_FILE",
+        "(unset)",
+        "File with the bearer token (role `service` or `operator`, `config:read`) a server "
+        "watches the platform configuration with, re-read at each connection; unset: no "
+        "rate limits (TenantService mints its own).",
+    ),
 )
 
 SERVICE_PREFIXES = {"tenant": "TENANT", "config": "CONFIG", "provisioner": "PROVISIONER"}
@@ -258,6 +281,12 @@ def load_settings(
         raise SettingsError(f"{jwks_url_var}={jwks_url!r}: expected an http:// or https:// URL")
     if jwks_file is not None and not Path(jwks_file).is_file():
         raise SettingsError(f"{jwks_var}={jwks_file!r}: no such file")
+    platform_org_var, platform_org = read.raw("PLATFORM_ORGANIZATION")
+    if platform_org is not None and check_organization(platform_org):
+        raise SettingsError(f"{platform_org_var}={platform_org!r}: not an organization slug")
+    token_var, token_file = read.raw("PLATFORM_TOKEN_FILE")
+    if token_file is not None and not Path(token_file).is_file():
+        raise SettingsError(f"{token_var}={token_file!r}: no such file")
     return Settings(
         service=service,
         database_url=validate_database_url(
@@ -280,6 +309,9 @@ def load_settings(
         jwks_url=jwks_url,
         jwt_issuer=read.string("JWT_ISSUER", "agentready"),
         jwt_audience=read.string("JWT_AUDIENCE", "agentready"),
+        platform_organization=platform_org or "platform",
+        config_address=read.string("CONFIG_ADDRESS", "127.0.0.1:50052"),
+        platform_token_file=Path(token_file) if token_file else None,
         extra={name: _read_extra(read, name, spec) for name, spec in (extra or {}).items()},
     )
 

@@ -4,7 +4,9 @@ the use cases and the saga loop (which runs while this replica holds the leader 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -12,6 +14,7 @@ from agentready.tenant.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 
 from servicekit.errors import SettingsError
 from servicekit.leader import LeaderLock, leader_lock_key
+from servicekit.platform import PlatformConfig
 from servicekit.server import Resources, ServiceSpec
 from servicekit.settings import ExtraSetting
 from tenant_service.adapters.platform import Platform
@@ -41,10 +44,6 @@ SETTINGS = {
     ),
     "TENANT_PROVISIONER_ADDRESS": ExtraSetting(
         "127.0.0.1:50053", "host:port of ProvisionerService, for the organization sagas."
-    ),
-    "TENANT_CONFIG_ADDRESS": ExtraSetting(
-        "127.0.0.1:50052",
-        "host:port of ConfigService, for purging a deleted organization's configuration.",
     ),
     "TENANT_CALL_TIMEOUT_SECONDS": ExtraSetting(
         "5", "Deadline of each call to another service.", kind="seconds", lo=0.1, hi=600
@@ -115,17 +114,23 @@ SETTINGS = {
         "agentready:tenant:leader",
         "Name of the PostgreSQL advisory lock the saga loop's leader holds.",
     ),
-    "PLATFORM_ORGANIZATION": ExtraSetting(
-        "platform",
-        "Slug of the organization holding the platform's own configuration (limits); "
-        "reserved: no one can create it.",
-    ),
 }
 
 
-def _limits(organization: str) -> Limits:
-    del organization
-    return Limits()
+def limits_from(platform: PlatformConfig) -> Callable[[str], Limits]:
+    """An organization's limits: the platform configuration's, else the built-in ones."""
+    defaults = Limits()
+
+    def limits(organization: str) -> Limits:
+        values = platform.limits(organization)
+        return Limits(
+            **{
+                f.name: values.get(f.name, getattr(defaults, f.name))
+                for f in dataclasses.fields(Limits)
+            }
+        )
+
+    return limits
 
 
 async def register(server: grpc.aio.Server, resources: Resources) -> None:
@@ -167,7 +172,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
     platform = Platform(
         ServiceToken(key),
         provisioner_address=extra["TENANT_PROVISIONER_ADDRESS"],
-        config_address=extra["TENANT_CONFIG_ADDRESS"],
+        config_address=settings.config_address,
         timeout=extra["TENANT_CALL_TIMEOUT_SECONDS"],
     )
     timing = SagaTiming(
@@ -177,9 +182,11 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         poll=extra["TENANT_SAGA_POLL_SECONDS"],
     )
     organizations = Organizations(
-        store, platform, revoker, timing, reserved=frozenset({extra["PLATFORM_ORGANIZATION"]})
+        store, platform, revoker, timing, reserved=frozenset({settings.platform_organization})
     )
-    tenancy = Tenancy(store, revoker, key, _limits)
+    if resources.platform.token is None:
+        resources.platform.token = ServiceToken(key)  # TenantService signs its own
+    tenancy = Tenancy(store, revoker, key, limits_from(resources.platform))
     keys = resources.verifier.keys if resources.verifier is not None else None
     servicer = TenantServiceServicer(
         users, organizations, tenancy, keys=keys, signer=lambda: key.signer

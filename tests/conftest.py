@@ -52,6 +52,17 @@ class Keys:
         self.signing_key_file = folder / "signing-key.pem"
         self.signing_key_file.write_bytes(pem)
         self.signer = TokenSigner(pem, issuer="agentready", audience="agentready")
+        # What ConfigService and the Provisioner watch the platform configuration with.
+        self.platform_token_file = folder / "platform-token"
+        self.platform_token_file.write_text(
+            self.token(
+                None,
+                "operator",
+                scopes=frozenset({"config:read"}),
+                subject="service:test",
+                ttl=dt.timedelta(days=1),
+            )
+        )
 
     def token(
         self,
@@ -90,6 +101,7 @@ def server_env(
     """Environment for a server under test: real stores, free ports, the test keys."""
     return {
         "TENANT_SIGNING_KEY_FILE": str(keys.signing_key_file),
+        "PLATFORM_TOKEN_FILE": str(keys.platform_token_file),
         # Cheap argon2id in tests: the suite signs many users up on two cores.
         "TENANT_ARGON2_TIME_COST": "1",
         "TENANT_ARGON2_MEMORY_KIB": "1024",

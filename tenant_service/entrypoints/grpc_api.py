@@ -161,8 +161,8 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         return tenant_pb2.RefreshTokenResponse(tokens=convert.tokens(pair))
 
     async def Logout(self, request: tenant_pb2.LogoutRequest, context: Any) -> empty_pb2.Empty:
-        principal = current_principal()
-        await self._users.logout(principal, request.refresh_token)
+        _authorize("Logout", None)
+        await self._users.logout(current_principal(), request.refresh_token)
         return empty_pb2.Empty()
 
     async def GetJwks(

@@ -38,3 +38,22 @@ def test_every_config_setting_is_in_the_readme_with_its_real_default() -> None:
         assert f"| `{name}` | {setting.default} | {setting.description} |" in README, name
         value = settings.extra[name]
         assert value == type(value)(setting.default), name
+
+
+def test_every_tenant_setting_is_in_the_readme_with_its_real_default() -> None:
+    from tenant_service.app import SETTINGS
+
+    settings = load_settings("tenant", {}, extra=SETTINGS)
+    for name, setting in SETTINGS.items():
+        assert f"| `{name}` | {setting.default} | {setting.description} |" in README, name
+        value = settings.extra[name]
+        assert value == type(value)(setting.default), name
+
+
+def test_the_readme_shows_the_permission_matrix_of_the_code() -> None:
+    from tenant_service.domain.permissions import PUBLIC, RULES, markdown_table
+
+    table = markdown_table()
+    assert table in README
+    for method in (*PUBLIC, *RULES):
+        assert f"| `{method}` |" in table

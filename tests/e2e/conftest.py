@@ -23,9 +23,10 @@ async def servers(server_env: dict[str, str]) -> AsyncIterator[dict[str, Running
     try:
         for name, spec in SPECS.items():
             env = dict(server_env)
+            if "config" in running:
+                env["CONFIG_ADDRESS"] = f"127.0.0.1:{running['config'].port}"
             if name == "tenant":
                 env["TENANT_PROVISIONER_ADDRESS"] = f"127.0.0.1:{running['provisioner'].port}"
-                env["TENANT_CONFIG_ADDRESS"] = f"127.0.0.1:{running['config'].port}"
             settings = load_settings(name, env, extra=spec.extra_settings)
             running[name] = await start(spec, settings)
         yield running

@@ -68,6 +68,22 @@ def test_make_run_from_a_clean_clone(tmp_path: Path) -> None:
             check=True,
         ).stdout.strip()
         assert token.count(".") == 2
+        # The first steps it printed work as printed: sign up, log in, create an
+        # organization (ACTIVE), set a value (the stream at the end is left out).
+        printed = output.split("First steps", 1)[1].split("Ctrl-C stops everything", 1)[0]
+        commands = [line.strip() for line in printed.splitlines()[1:] if line.strip()]
+        assert commands[-1].endswith("ConfigService/WatchConfig")
+        steps = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", "\n".join(commands[:-1])],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert steps.returncode == 0, steps.stderr
+        assert '"state": "STATE_ACTIVE"' in steps.stdout, steps.stdout
+        assert '"revision": "1"' in steps.stdout, steps.stdout
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
         output = log.read_text(errors="replace")

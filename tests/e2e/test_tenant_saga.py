@@ -40,7 +40,7 @@ def saga_env(server_env: dict[str, str], saga_database_url: str) -> dict[str, st
         "DATABASE_URL": saga_database_url,
         "METRICS_PORT": "off",
         "TENANT_PROVISIONER_ADDRESS": f"127.0.0.1:{free_port()}",
-        "TENANT_CONFIG_ADDRESS": f"127.0.0.1:{free_port()}",
+        "CONFIG_ADDRESS": f"127.0.0.1:{free_port()}",
         "TENANT_CALL_TIMEOUT_SECONDS": "2",
         "TENANT_SAGA_GRACE_SECONDS": "0.1",
         "TENANT_SAGA_BACKOFF_BASE_SECONDS": "0.05",
