@@ -3,6 +3,7 @@ configuration and applied by all three services without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -175,3 +176,30 @@ async def test_with_redis_down_the_limit_holds_per_process() -> None:
         await limiter.check("another-org")  # its own budget
     finally:
         await dead.aclose()
+
+
+async def test_concurrent_creations_cannot_overshoot_a_limit(
+    channels: dict[str, grpc.aio.Channel], servers: dict[str, RunningServer], keys: Keys
+) -> None:
+    api = TenantApi(channels["tenant"])
+    owner, org = await api.owner_of_new_org()
+    await set_platform(channels, servers, keys, f"limits.{org}", {"projects": 3})
+
+    async def create(i: int) -> grpc.StatusCode:
+        try:
+            await api.stub.CreateProject(
+                pb.CreateProjectRequest(organization=org, project=pb.Project(id=f"p{i}")),
+                metadata=owner.auth,
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(create(i) for i in range(12)))
+    assert codes.count(grpc.StatusCode.OK) == 3
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 9
+    listed = await api.stub.ListProjects(
+        pb.ListProjectsRequest(organization=org), metadata=owner.auth, timeout=10
+    )
+    assert len(listed.projects) == 3
