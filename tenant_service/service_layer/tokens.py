@@ -49,33 +49,33 @@ REVOCATION_PUBLISH_ERRORS = Counter(
 
 
 class SigningKey:
-    """The private key tokens are signed with, from a PEM file re-read on change."""
+    """The private key tokens are signed with, from a PEM file re-read when it changes
+    (checked at every signature: a ``stat``, cheap beside the signature itself)."""
 
-    def __init__(self, path: Path, *, issuer: str, audience: str, check_every: float = 2.0):
+    def __init__(self, path: Path, *, issuer: str, audience: str) -> None:
         self._path = path
         self._issuer = issuer
         self._audience = audience
-        self._check_every = check_every
-        self._checked = 0.0
-        self._mtime = 0.0
+        self._version: tuple[int, int, int] = (0, 0, 0)
         self._signer = self._load()
 
+    def _stamp(self) -> tuple[int, int, int]:
+        stat = self._path.stat()
+        return stat.st_mtime_ns, stat.st_ino, stat.st_size
+
     def _load(self) -> TokenSigner:
-        self._mtime = self._path.stat().st_mtime
+        self._version = self._stamp()
         return TokenSigner(self._path.read_bytes(), issuer=self._issuer, audience=self._audience)
 
     @property
     def signer(self) -> TokenSigner:
-        """The current signer (the file is checked at most every ``check_every`` s)."""
-        now = time.monotonic()
-        if now - self._checked >= self._check_every:
-            self._checked = now
-            try:
-                if self._path.stat().st_mtime != self._mtime:
-                    self._signer = self._load()
-                    log.info("signing key reloaded", extra={"kid": self._signer.jwk["kid"]})
-            except (OSError, ValueError) as exc:
-                log.error("cannot reload the signing key, keeping the old one: %s", exc)
+        """The current signer."""
+        try:
+            if self._stamp() != self._version:
+                self._signer = self._load()
+                log.info("signing key reloaded", extra={"kid": self._signer.jwk["kid"]})
+        except (OSError, ValueError) as exc:
+            log.error("cannot reload the signing key, keeping the old one: %s", exc)
         return self._signer
 
 

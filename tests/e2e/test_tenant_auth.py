@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import jwt
@@ -14,6 +15,7 @@ import pytest
 from agentready.tenant.v1 import tenant_pb2 as pb
 from google.rpc import error_details_pb2
 
+from servicekit.auth import generate_signing_key
 from servicekit.server import RunningServer
 from tests.conftest import Keys
 from tests.e2e.tenant_support import (
@@ -306,3 +308,56 @@ async def test_jwks_lists_the_signing_key_without_private_parts(api: TenantApi) 
         assert key.x
     # Nothing but public members in the message type at all.
     assert "d" not in {f.name for f in pb.JsonWebKey.DESCRIPTOR.fields}
+
+
+async def test_a_rotated_signing_key_signs_while_the_old_one_still_verifies(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Rotation without a restart: publish the new public key, swap the private key;
+    new tokens carry the new kid and are accepted everywhere, old ones still are."""
+    from config_service.app import SPEC as CONFIG
+    from servicekit.server import start
+    from servicekit.settings import load_settings
+    from tenant_service.app import SPEC as TENANT
+
+    (tmp_path / "old").mkdir()
+    old = Keys(tmp_path / "old")
+    new_pem, new_jwk = generate_signing_key()
+    key_file = tmp_path / "signing-key.pem"
+    key_file.write_bytes(old.private_pem)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [old.jwk]}))
+    env = {
+        **server_env,
+        "JWT_JWKS_FILE": str(jwks),
+        "TENANT_SIGNING_KEY_FILE": str(key_file),
+        "METRICS_PORT": "off",
+    }
+    config = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
+    env["CONFIG_ADDRESS"] = f"127.0.0.1:{config.port}"
+    tenant = await start(TENANT, load_settings("tenant", env, extra=TENANT.extra_settings))
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as tenant_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{config.port}") as config_channel,
+        ):
+            api = TenantApi(tenant_channel, config_channel)
+            person, org = await api.owner_of_new_org()
+            before = person.access
+            assert jwt.get_unverified_header(before)["kid"] == old.jwk["kid"]
+            # 1. Publish the new public key beside the old one; 2. swap the private key.
+            jwks.write_text(json.dumps({"keys": [old.jwk, new_jwk]}))
+            replacement = tmp_path / "signing-key.pem.new"
+            replacement.write_bytes(new_pem)
+            replacement.replace(key_file)
+            await api.login(person, org)
+            assert jwt.get_unverified_header(person.access)["kid"] == new_jwk["kid"]
+            published = await api.stub.GetJwks(pb.GetJwksRequest(), timeout=10)
+            assert {k.kid for k in published.keys} >= {old.jwk["kid"], new_jwk["kid"]}
+            # The verifiers pick the new kid up without a restart (a reload on an
+            # unknown kid, at most every 10 s); the old token stays good.
+            await eventually(lambda: api.config_works(person.access, org), bool, 20.0)
+            assert await api.config_works(before, org)
+    finally:
+        await tenant.stop()
+        await config.stop()
