@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
@@ -29,6 +30,9 @@ from agentready.tenant.v1 import tenant_pb2 as pb
 from agentready.tenant.v1 import tenant_service_pb2_grpc
 
 from tests.bench.common import bench_environment, ms, percentile
+
+if TYPE_CHECKING:
+    from agentready.tenant.v1.tenant_service_pb2_grpc import TenantServiceAsyncStub
 from tests.e2e.watching import Replica
 
 PASSWORD = "correct horse battery staple"
@@ -63,7 +67,7 @@ async def throughput(
 class Session:
     """A signed-up user with a token scoped to its organization."""
 
-    def __init__(self, stub: tenant_service_pb2_grpc.TenantServiceStub) -> None:
+    def __init__(self, stub: TenantServiceAsyncStub) -> None:
         self.stub = stub
         self.email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
         self.access = ""
@@ -87,7 +91,7 @@ class Session:
 
 
 async def create_organizations(
-    stub: tenant_service_pb2_grpc.TenantServiceStub, session: Session, count: int, label: str
+    stub: TenantServiceAsyncStub, session: Session, count: int, label: str
 ) -> None:
     samples = []
     states = []
@@ -110,8 +114,8 @@ async def measure(tenant_port: int, config_port: int, rounds: int) -> None:
         grpc.aio.insecure_channel(f"127.0.0.1:{tenant_port}") as channel,
         grpc.aio.insecure_channel(f"127.0.0.1:{config_port}") as config_channel,
     ):
-        stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
-        config = config_service_pb2_grpc.ConfigServiceStub(config_channel)
+        stub: Any = tenant_service_pb2_grpc.TenantServiceStub(channel)
+        config: Any = config_service_pb2_grpc.ConfigServiceStub(config_channel)
         session = Session(stub)
         await session.signup()
         await session.login()
@@ -212,7 +216,7 @@ def main(args: argparse.Namespace) -> None:
 
 async def kube_runs(tenant_port: int, rounds: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant_port}") as channel:
-        stub = tenant_service_pb2_grpc.TenantServiceStub(channel)
+        stub: Any = tenant_service_pb2_grpc.TenantServiceStub(channel)
         session = Session(stub)
         await session.signup()
         await session.login()
