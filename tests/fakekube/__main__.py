@@ -1,4 +1,13 @@
-"""Run the fake API server standalone: ``python -m tests.fakekube --port 8001``."""
+"""Run the fake API server standalone: ``python -m tests.fakekube --port 8001``.
+
+Latency (how long a request takes to answer, from its arrival, the fake's own work
+included) is chosen per request by verb and resource; the first match wins among
+``VERB:RESOURCE``, ``VERB``, ``RESOURCE`` (``--namespace-latency``) and the default
+(``--latency``). Creating a namespace in 50 ms and every other write in 20 ms::
+
+    python -m tests.fakekube --latency-rule create:namespaces=0.05 \
+        --latency-rule create=0.02 --latency-rule update=0.02 --latency-rule delete=0.02
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,31 @@ import signal
 import threading
 from types import FrameType
 
+from .faults import VERBS, latency_rule_key
 from .server import DEFAULT_TOKEN, FakeKubeServer
+
+
+def latency_rule(text: str) -> tuple[str, float]:
+    """Parse ``VERB[:RESOURCE]=SECONDS`` (or ``RESOURCE=SECONDS``) for argparse."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected VERB[:RESOURCE]=SECONDS, got {text!r}")
+    try:
+        seconds = float(value)
+        if seconds < 0:
+            raise ValueError("latency cannot be negative")
+        return latency_rule_key(key), seconds
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fakekube", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakekube",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument(
@@ -20,13 +48,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kubeconfig", help="write a kubeconfig for the server to this path")
     parser.add_argument(
-        "--latency", type=float, default=0.0, help="seconds added to every resource request"
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds a resource request takes when no rule matches (default 0)",
     )
     parser.add_argument(
         "--namespace-latency",
         type=float,
         default=None,
-        help="seconds added to namespace requests (default: --latency)",
+        help="seconds every namespace request takes, unless a verb rule matches "
+        "(default: --latency)",
+    )
+    parser.add_argument(
+        "--latency-rule",
+        type=latency_rule,
+        action="append",
+        default=[],
+        metavar="VERB[:RESOURCE]=SECONDS",
+        help=f"seconds a request of this verb (one of {', '.join(VERBS)}), on this "
+        "resource or any, takes; repeatable, e.g. create:namespaces=0.05",
     )
     parser.add_argument("--namespace-deletion-delay", type=float, default=0.2)
     args = parser.parse_args(argv)
@@ -39,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         namespace_deletion_delay=args.namespace_deletion_delay,
         latency=args.latency,
         latency_by_resource=per_resource,
+        latency_rules=dict(args.latency_rule),
     )
     server.start()
     print(f"fake Kubernetes API server on {server.url}", flush=True)
+    rules = server.latency_rules()
+    default = rules.pop("")
+    described = ", ".join(f"{key}={value:g}s" for key, value in rules.items())
+    print(f"latency: default {default:g}s; rules: {described or 'none'}", flush=True)
     if args.kubeconfig:
         print(f"kubeconfig: {server.write_kubeconfig(args.kubeconfig)}", flush=True)
     stop = threading.Event()

@@ -1,12 +1,67 @@
-"""Failure injection, per-kind latency and the request log."""
+"""Failure injection, the latency model and the request log.
+
+The latency model: every request to a resource is charged as one verb (see
+:data:`VERBS`) and answers no earlier than the latency found for it, measured from its
+arrival, the fake's own work included. The latency is looked up, first match wins, as
+
+1. ``"<verb>:<resource>"``, e.g. ``"create:namespaces"``;
+2. ``"<verb>"``, e.g. ``"update"``;
+3. ``"<resource>"``, e.g. ``"namespaces"`` (the per-resource form);
+4. the default (0 unless set).
+
+Discovery and unknown paths are charged no verb and no latency.
+"""
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .resources import resolve_type
+
+VERBS = ("create", "update", "delete", "get", "list", "watch")
+"""The verbs a request is charged as:
+
+* ``create``: POST, or a PATCH/PUT that created the object (server-side apply of a
+  missing object); a PATCH/PUT that failed is ``create`` when the object does not
+  exist;
+* ``update``: PATCH/PUT of an existing object, and of a ``status`` subresource;
+* ``delete``: DELETE of an object or a collection;
+* ``get``: GET of one object; ``list``: GET of a collection; ``watch``: GET with
+  ``watch=true`` (refused by this fake, but charged as such).
+"""
+
+
+def latency_rule_key(key: str) -> str:
+    """The normalised form of a latency rule key, as :class:`FaultTable` stores it.
+
+    Args:
+        key: ``"<verb>:<resource>"``, ``"<verb>"`` or ``"<resource>"``; a resource by
+            plural, singular or Kind (``create:Namespace`` -> ``create:namespaces``).
+
+    Raises:
+        ValueError: an unknown verb or resource.
+    """
+    verb, sep, resource = key.strip().partition(":")
+    verb, resource = verb.strip(), resource.strip()
+    if sep:
+        if verb not in VERBS:
+            raise ValueError(f"unknown verb {verb!r} in latency rule {key!r}; verbs: {VERBS}")
+        return f"{verb}:{_plural(resource, key)}"
+    if verb in VERBS:
+        return verb
+    return _plural(verb, key, f" (nor is it one of the verbs {', '.join(VERBS)})")
+
+
+def _plural(resource: str, key: str, hint: str = "") -> str:
+    try:
+        return resolve_type(resource).plural
+    except KeyError:
+        raise ValueError(
+            f"latency rule {key!r}: the fake serves no resource called {resource!r}{hint}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -50,7 +105,15 @@ class Fault:
         reason: ``Status.reason``; derived from the status when empty.
         retry_after: seconds for the ``Retry-After`` header and
             ``details.retryAfterSeconds``.
+        rendezvous: when above 0, each matching request, once served and before it
+            answers (where its latency is waited out, no lock held), waits until this
+            many matching requests wait together, then all go on. Proves that requests
+            are in flight, and in their latency wait, at the same time.
+        rendezvous_timeout: seconds a request waits for the others; after that the
+            rendezvous is broken (see ``broken``) and every waiting request answers.
         hits: how many requests it has affected so far.
+        broken: whether the rendezvous timed out (or the server stopped) before it
+            filled, i.e. the requests were not all in flight together.
     """
 
     status: int
@@ -62,11 +125,18 @@ class Fault:
     message: str = ""
     reason: str = ""
     retry_after: int | None = None
+    rendezvous: int = 0
+    rendezvous_timeout: float = 10.0
     hits: int = 0
+    broken: bool = False
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    _barrier: threading.Barrier | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._pattern = re.compile(self.path) if self.path is not None else None
+        if self.rendezvous < 0:
+            raise ValueError("rendezvous must be 0 (none) or a number of requests")
+        self._barrier = threading.Barrier(self.rendezvous) if self.rendezvous else None
         if self.kind is not None:
             try:
                 self.kind = resolve_type(self.kind).plural
@@ -86,6 +156,20 @@ class Fault:
         """Whether it has already affected ``times`` requests."""
         return self.times is not None and self.hits >= self.times
 
+    def meet(self) -> None:
+        """Wait at the rendezvous (no-op without one); notes a timeout in ``broken``."""
+        if self._barrier is None:
+            return
+        try:
+            self._barrier.wait(self.rendezvous_timeout)
+        except threading.BrokenBarrierError:
+            self.broken = True
+
+    def release(self) -> None:
+        """Let every request waiting at the rendezvous go (the server is stopping)."""
+        if self._barrier is not None:
+            self._barrier.abort()
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -103,6 +187,10 @@ class RequestRecord:
         name: object name from the URL or ``""``.
         started: ``time.monotonic()`` when the request arrived.
         finished: ``time.monotonic()`` when the answer was ready (just before writing it).
+        verb: the verb the request was charged as (one of :data:`VERBS`), decided once
+            it was served; ``""`` for discovery and unknown paths.
+        latency: the latency charged, in seconds: the answer was held until
+            ``started + latency`` at the earliest (unless the server was stopping).
     """
 
     seq: int
@@ -116,6 +204,8 @@ class RequestRecord:
     name: str
     started: float
     finished: float
+    verb: str = ""
+    latency: float = 0.0
 
     @property
     def duration(self) -> float:
@@ -124,12 +214,13 @@ class RequestRecord:
 
 
 class FaultTable:
-    """Thread-safe injected faults and per-kind latency."""
+    """Thread-safe injected faults and latency rules (see the module docstring)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._latency_default = 0.0
+        # Normalised keys (latency_rule_key): "verb:plural", "verb" or "plural".
         self._latency: dict[str, float] = {}
 
     def add(self, fault: Fault) -> Fault:
@@ -148,29 +239,63 @@ class FaultTable:
         return None
 
     def clear(self) -> None:
-        """Drop every injected fault (latency is kept)."""
+        """Drop every injected fault (latency is kept), releasing held requests."""
         with self._lock:
-            self._faults.clear()
+            faults, self._faults = self._faults, []
+        for fault in faults:
+            fault.release()
 
-    def set_latency(self, default: float | None, per_resource: dict[str, float]) -> None:
-        """Set the default latency and/or per-resource latencies (resource plurals)."""
+    def release(self) -> None:
+        """Release every request held at a rendezvous (the faults are kept)."""
+        with self._lock:
+            faults = list(self._faults)
+        for fault in faults:
+            fault.release()
+
+    def set_latency(self, default: float | None, rules: Mapping[str, float]) -> None:
+        """Set the default latency and/or latency rules.
+
+        Args:
+            default: seconds when no rule matches; unchanged when None.
+            rules: seconds by key (``verb:resource``, ``verb`` or ``resource``, in any
+                form :func:`latency_rule_key` accepts), added to the current rules.
+
+        Raises:
+            ValueError: an unknown verb or resource, or a negative latency.
+        """
+        normalised = {latency_rule_key(key): float(value) for key, value in rules.items()}
+        if any(value < 0 for value in normalised.values()) or (default or 0) < 0:
+            raise ValueError("latency cannot be negative")
         with self._lock:
             if default is not None:
-                self._latency_default = default
-            self._latency.update(per_resource)
+                self._latency_default = float(default)
+            self._latency.update(normalised)
 
     def clear_latency(self) -> None:
-        """No added latency anywhere."""
+        """No added latency anywhere: no rules, default 0."""
         with self._lock:
             self._latency_default = 0.0
             self._latency.clear()
 
-    def latency_for(self, request: RequestInfo) -> float:
-        """Seconds to add to ``request`` (0 for discovery)."""
-        if not request.resource:
+    def latency_rules(self) -> dict[str, float]:
+        """The current rules (normalised keys) and the default, under the key ``""``."""
+        with self._lock:
+            return {"": self._latency_default, **self._latency}
+
+    def latency_for(self, verb: str, resource: str) -> float:
+        """Seconds a request charged as ``verb`` on ``resource`` takes to answer.
+
+        Looks up ``verb:resource``, then ``verb``, then ``resource``, then the default;
+        0 for discovery and unknown paths (no verb or no resource).
+        """
+        if not verb or not resource:
             return 0.0
         with self._lock:
-            return self._latency.get(request.resource, self._latency_default)
+            for key in (f"{verb}:{resource}", verb, resource):
+                latency = self._latency.get(key)
+                if latency is not None:
+                    return latency
+            return self._latency_default
 
 
 class RequestLog:

@@ -3,6 +3,14 @@
 Built on the standard library's ``ThreadingHTTPServer`` (one thread per connection)
 running in a background thread, so it serves sync tests and asyncio tests alike and
 needs nothing beyond the test dependencies.
+
+Latency: a request goes through :meth:`_Handler._handle`. It is timed from its
+arrival, then served (authorization, an injected fault, the route; the store's lock
+is held only while the store works), then charged as a verb (the route tells whether a
+PATCH/PUT created the object), then held until ``arrival + latency`` (the latency rule
+for that verb and resource, see :mod:`.faults`) with no lock held, so slow calls
+overlap as on a real server; then it is logged, with its verb and latency, and
+answered.
 """
 
 from __future__ import annotations
@@ -67,13 +75,16 @@ class _Response:
     code: int
     body: Any
     headers: dict[str, str]
+    # The verb the route served (faults.VERBS); "" when the route did not say (errors,
+    # discovery), and _Api.verb_of derives it from the request.
+    verb: str = ""
 
 
 Route = Callable[[_Call], _Response]
 
 
-def _ok(body: Any, code: int = 200) -> _Response:
-    return _Response(code, body, {})
+def _ok(body: Any, code: int = 200, *, verb: str = "") -> _Response:
+    return _Response(code, body, {}, verb)
 
 
 def _decode(call: _Call, *, yaml_allowed: bool) -> Any:
@@ -148,6 +159,35 @@ class _Api:
             return info, lambda call: self._collection(call, rt)
         return info, lambda call: self._object(call, rt)
 
+    def verb_of(self, call: _Call, response: _Response) -> str:
+        """The verb a served request is charged as (see ``faults.VERBS``).
+
+        The route's own word when it answered successfully (it knows whether a PATCH
+        created the object); otherwise derived from the request: a failed PATCH/PUT of
+        an object is ``create`` when the object does not exist, ``update`` when it does.
+        ``""`` for discovery and unknown paths.
+        """
+        if response.verb:
+            return response.verb
+        info = call.info
+        if not info.resource:
+            return ""
+        if call.method == "GET":
+            if call.flag("watch"):
+                return "watch"
+            return "get" if info.name else "list"
+        if call.method == "POST":
+            return "create"
+        if call.method == "DELETE":
+            return "delete"
+        if call.method in ("PATCH", "PUT"):
+            if not info.name or info.subresource:
+                return "update"
+            rt = resolve_type(info.resource)
+            exists = self.store.exists(rt, info.namespace or None, info.name)
+            return "update" if exists else "create"
+        return ""
+
     def _collection(self, call: _Call, rt: ResourceType) -> _Response:
         namespace = call.info.namespace or None
         if call.method == "GET":
@@ -165,14 +205,15 @@ class _Api:
                     field_selector=call.param("fieldSelector"),
                     limit=limit,
                     continue_token=call.param("continue"),
-                )
+                ),
+                verb="list",
             )
         if call.method == "POST" and (namespace or not rt.namespaced):
             body = _decode(call, yaml_allowed=False)
             created = self.store.create(
                 rt, namespace, body, manager=call.manager, dry_run=call.dry_run
             )
-            return _ok(created, 201)
+            return _ok(created, 201, verb="create")
         if call.method == "DELETE" and rt.namespaced and namespace:
             return _ok(
                 self.store.delete_collection(
@@ -180,7 +221,8 @@ class _Api:
                     namespace,
                     label_selector=call.param("labelSelector"),
                     field_selector=call.param("fieldSelector"),
-                )
+                ),
+                verb="delete",
             )
         raise errors.method_not_allowed()
 
@@ -188,9 +230,10 @@ class _Api:
         info = call.info
         namespace = info.namespace or None
         if call.method == "GET":
-            return _ok(self.store.get(rt, namespace, info.name))
+            return _ok(self.store.get(rt, namespace, info.name), verb="get")
         if call.method == "PUT":
             body = _decode(call, yaml_allowed=False)
+            # PUT never creates here: it replaces an existing object or fails.
             return _ok(
                 self.store.replace(
                     rt,
@@ -200,7 +243,8 @@ class _Api:
                     manager=call.manager,
                     subresource=info.subresource,
                     dry_run=call.dry_run,
-                )
+                ),
+                verb="update",
             )
         if call.method == "PATCH":
             return self._patch(call, rt)
@@ -210,7 +254,8 @@ class _Api:
             return _ok(
                 self.store.delete(
                     rt, namespace, info.name, preconditions=preconditions, dry_run=call.dry_run
-                )
+                ),
+                verb="delete",
             )
         raise errors.method_not_allowed()
 
@@ -249,7 +294,8 @@ class _Api:
             subresource=call.info.subresource,
             dry_run=call.dry_run,
         )
-        return _ok(obj, 201 if created else 200)
+        # Known only now: server-side apply creates a missing object, updates otherwise.
+        return _ok(obj, 201 if created else 200, verb="create" if created else "update")
 
 
 def _patch_options_invalid(reason: str, message: str, field: str) -> KubeApiError:
@@ -335,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         fake = self.server.fake
-        started = time.monotonic()
+        started = time.monotonic()  # latency is measured from here
         seq = fake.log.next_seq()
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
@@ -350,7 +396,11 @@ class _Handler(BaseHTTPRequestHandler):
             content_type,
             self.headers.get("User-Agent") or "",
         )
-        response = self._respond(call, route)
+        response, fault = self._serve(call, route)
+        # Decided after serving: whether a PATCH/PUT created the object is known only now.
+        verb = fake.api.verb_of(call, response)
+        latency = fake.faults.latency_for(verb, info.resource)
+        self._hold_answer(started, latency, fault)
         # Logged before the answer is written: once a client has its answer, the request
         # is in the log (a test may read or clear the log right after the call).
         fake.log.add(
@@ -366,26 +416,33 @@ class _Handler(BaseHTTPRequestHandler):
                 name=info.name,
                 started=started,
                 finished=time.monotonic(),
+                verb=verb,
+                latency=latency,
             )
         )
         self._write(response)
 
-    def _respond(self, call: _Call, route: Route) -> _Response:
-        fake = self.server.fake
-        # Latency is the time the API takes to answer, its own work included (as a
-        # real API server's would be): the answer leaves no earlier than this.
-        answer_at = time.monotonic() + fake.faults.latency_for(call.info)
-        try:
-            response = self._serve(call, route)
-        finally:
-            # Sleep with no lock held, so slow calls overlap as on a real server.
-            remaining = answer_at - time.monotonic()
-            if remaining > 0:
-                self.server.stopping.wait(remaining)
-        return response
+    def _hold_answer(self, started: float, latency: float, fault: Fault | None) -> None:
+        """Hold the answer until ``latency`` seconds after ``started``, no lock held.
 
-    def _serve(self, call: _Call, route: Route) -> _Response:
+        Latency is the time the API takes to answer, its own work included (as a real
+        API server's would be): the answer leaves no earlier than ``started + latency``
+        (unless the server is stopping). A request held at an injected rendezvous waits
+        for it here, in the same window, so a test proves that slow calls overlap
+        instead of queueing.
+        """
+        if fault is not None:
+            fault.meet()
+        stopping = self.server.stopping
+        # A loop, comparing elapsed time itself: never answer early, even if a wait
+        # returns a hair before its timeout, so a record's duration >= its latency.
+        remaining = latency - (time.monotonic() - started)
+        while remaining > 0 and not stopping.wait(remaining):
+            remaining = latency - (time.monotonic() - started)
+
+    def _serve(self, call: _Call, route: Route) -> tuple[_Response, Fault | None]:
         fake = self.server.fake
+        fault: Fault | None = None
         try:
             if fake.token is not None and self.headers.get("Authorization") != (
                 f"Bearer {fake.token}"
@@ -397,12 +454,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.stopping.wait(fault.delay)
             if fault is not None and fault.status:
                 raise _fault_error(fault)
-            return route(call)
+            return route(call), fault
         except KubeApiError as exc:
-            return _Response(exc.code, exc.status(), exc.headers)
+            return _Response(exc.code, exc.status(), exc.headers), fault
         except Exception as exc:  # the fake's own bug: still answer like a server
             error = KubeApiError(500, "InternalError", f"fake API server error: {exc!r}")
-            return _Response(500, error.status(), {})
+            return _Response(500, error.status(), {}), fault
 
     def _write(self, response: _Response) -> None:
         if isinstance(response.body, str):
@@ -431,8 +488,17 @@ class FakeKubeServer:
     official schemas, and lets a test inject failures and latency and read a log of the
     requests it served.
 
+    Latency is how long a request takes to answer, measured from its arrival, the fake's
+    own work included; the answer waits out what remains with no lock held. Each
+    request is charged as a verb (``create``, ``update``, ``delete``, ``get``, ``list``,
+    ``watch``), decided once it was served: a server-side apply PATCH is ``create``
+    when it created the object and ``update`` when it changed an existing one. Its
+    latency is the first rule found among ``"<verb>:<resource>"``, ``"<verb>"``,
+    ``"<resource>"``, else the default; discovery answers at once. The request log
+    (:meth:`requests`) records the verb and latency charged to each request.
+
     Example:
-        >>> with FakeKubeServer() as kube:
+        >>> with FakeKubeServer(latency_rules={"create:namespaces": 0.05, "create": 0.02}) as kube:
         ...     api = CoreV1Api(new_client_from_config(kube.write_kubeconfig(tmp / "kc")))
 
     Args:
@@ -441,10 +507,12 @@ class FakeKubeServer:
         token: bearer token the server requires (and the kubeconfig carries); None
             accepts any request.
         namespace_deletion_delay: seconds a deleted namespace stays ``Terminating``.
-        latency: how long every resource request takes to answer, the fake's own work
-            included (discovery answers at once).
-        latency_by_resource: per-resource latency, by plural, singular or Kind; overrides
-            ``latency``.
+        latency: the default latency: for every resource request no rule matches.
+        latency_by_resource: latency rules by resource (plural, singular or Kind), for
+            every verb on it; verb rules take precedence.
+        latency_rules: latency rules keyed ``"<verb>:<resource>"`` or ``"<verb>"`` (or
+            ``"<resource>"``), e.g. ``{"create:namespaces": 0.05, "update": 0.02}``; see
+            :meth:`set_latency_rules`.
     """
 
     def __init__(
@@ -456,6 +524,7 @@ class FakeKubeServer:
         namespace_deletion_delay: float = 0.2,
         latency: float = 0.0,
         latency_by_resource: Mapping[str, float] | None = None,
+        latency_rules: Mapping[str, float] | None = None,
     ) -> None:
         self.token = token
         self.store = ObjectStore(namespace_deletion_delay=namespace_deletion_delay)
@@ -467,6 +536,7 @@ class FakeKubeServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.set_latency(latency, **dict(latency_by_resource or {}))
+        self.set_latency_rules(latency_rules or {})
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -492,6 +562,7 @@ class FakeKubeServer:
         if httpd is None:
             return
         httpd.stopping.set()
+        self.faults.release()  # requests held at a rendezvous
         httpd.shutdown()
         httpd.close_connections()
         httpd.server_close()
@@ -625,23 +696,110 @@ class FakeKubeServer:
             Fault(0, method=method, path=path, kind=kind, times=times, delay=seconds)
         )
 
+    def inject_rendezvous(
+        self,
+        parties: int,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        kind: str | None = None,
+        times: int | None = None,
+        timeout: float = 10.0,
+    ) -> Fault:
+        """Hold matching requests, once served, until ``parties`` of them wait together.
+
+        The wait is where a request waits out its latency, with no lock held: if the
+        fake served or delayed such requests one at a time, the rendezvous could not
+        fill. It then breaks after ``timeout`` seconds, every held request answers, and
+        the fault's ``broken`` is set. So ``not fault.broken`` proves, without timing
+        anything, that the requests were in flight (and in their latency wait) at once.
+
+        Args:
+            parties: how many requests must meet.
+            method: match this HTTP method only.
+            path: match URL paths where this regular expression is found.
+            kind: match this resource (plural, singular or Kind).
+            times: hold this many requests; ``parties`` when None.
+            timeout: seconds each request waits for the others.
+
+        Returns:
+            The fault; ``hits`` counts the held requests, ``broken`` a failed meeting.
+        """
+        if parties < 1:
+            raise ValueError("a rendezvous needs at least one party")
+        return self.faults.add(
+            Fault(
+                0,
+                method=method,
+                path=path,
+                kind=kind,
+                times=parties if times is None else times,
+                rendezvous=parties,
+                rendezvous_timeout=timeout,
+            )
+        )
+
     def clear_faults(self) -> None:
-        """Remove every injected error and delay (latency settings are kept)."""
+        """Remove every injected error, delay and rendezvous (latency is kept).
+
+        Requests held at a rendezvous are let go (and the rendezvous marked broken).
+        """
         self.faults.clear()
 
     def set_latency(self, default: float | None = None, **per_resource: float) -> None:
-        """Add latency to resource requests, e.g. ``set_latency(0.02, namespaces=0.05)``.
+        """Per-resource latency, e.g. ``set_latency(0.02, namespaces=0.05)``.
+
+        The per-resource form of :meth:`set_latency_rules`: a resource's latency
+        applies to every verb on it that no verb rule covers.
 
         Args:
-            default: seconds for every resource not named; unchanged when None.
+            default: seconds when no rule matches; unchanged when None.
             **per_resource: seconds per resource, keyed by plural, singular or Kind.
+
+        Raises:
+            KeyError: a resource the fake does not serve.
         """
         self.faults.set_latency(
             default, {resolve_type(name).plural: value for name, value in per_resource.items()}
         )
 
+    def set_latency_rules(
+        self, rules: Mapping[str, float] | None = None, *, default: float | None = None
+    ) -> None:
+        """Latency by verb and resource, added to the current rules.
+
+        Example: creating a namespace takes 50 ms, every other write 20 ms, reads
+        nothing::
+
+            kube.set_latency_rules(
+                {"create:namespaces": 0.05, "create": 0.02, "update": 0.02, "delete": 0.02}
+            )
+
+        A request is charged as one verb, decided once it was served: ``create`` (POST,
+        or a PATCH/PUT that created the object, e.g. server-side apply of a missing
+        object), ``update`` (PATCH/PUT of an existing object), ``delete``, ``get``
+        (one object), ``list`` (a collection) or ``watch``. Its latency is the first
+        of ``"<verb>:<resource>"``, ``"<verb>"``, ``"<resource>"``, else the default;
+        discovery answers at once. The latency runs from the request's arrival and
+        includes the fake's own work.
+
+        Args:
+            rules: seconds by ``"<verb>:<resource>"``, ``"<verb>"`` or
+                ``"<resource>"``; a resource by plural, singular or Kind.
+            default: seconds when no rule matches; unchanged when None.
+
+        Raises:
+            ValueError: an unknown verb or resource, or a negative latency.
+        """
+        self.faults.set_latency(default, rules or {})
+
+    def latency_rules(self) -> dict[str, float]:
+        """The latency rules in force, normalised (``"create:namespaces"``), and the
+        default under the key ``""``."""
+        return self.faults.latency_rules()
+
     def clear_latency(self) -> None:
-        """Remove all added latency."""
+        """Remove all added latency: every rule, and the default back to 0."""
         self.faults.clear_latency()
 
     # -- request log -------------------------------------------------------------------

@@ -139,7 +139,9 @@ class ObjectStore:
 
     Args:
         namespace_deletion_delay: seconds a deleted namespace stays ``Terminating``
-            before it and everything in it disappear.
+            before it and everything in it disappear. Read when the purge is due, so a
+            change applies to namespaces already terminating too (a test can hold one
+            in ``Terminating`` with a long delay, then let it go by setting 0).
     """
 
     def __init__(self, *, namespace_deletion_delay: float = 0.2) -> None:
@@ -147,10 +149,11 @@ class ObjectStore:
         self._lock = threading.RLock()
         self._objects: dict[Key, _Entry] = {}
         self._revision = 0
-        # Terminating namespaces and the monotonic time at which they are purged. The
-        # purge happens lazily on the next store access: observably the same as a
-        # background controller, without a thread to manage.
-        self._purge_at: dict[str, float] = {}
+        # Terminating namespaces and the monotonic time they were deleted at; each is
+        # purged namespace_deletion_delay seconds later. The purge happens lazily on
+        # the next store access: observably the same as a background controller,
+        # without a thread to manage.
+        self._deleted_at: dict[str, float] = {}
 
     # -- helpers -------------------------------------------------------------------
 
@@ -160,9 +163,9 @@ class ObjectStore:
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
-        for namespace, deadline in list(self._purge_at.items()):
-            if deadline <= now:
-                del self._purge_at[namespace]
+        for namespace, deleted_at in list(self._deleted_at.items()):
+            if deleted_at + self.namespace_deletion_delay <= now:
+                del self._deleted_at[namespace]
                 self._drop_namespace(namespace)
 
     def _drop_namespace(self, namespace: str) -> None:
@@ -171,7 +174,7 @@ class ObjectStore:
             self._next_revision()
         if self._objects.pop((NAMESPACES.plural, "", namespace), None) is not None:
             self._next_revision()
-        self._purge_at.pop(namespace, None)
+        self._deleted_at.pop(namespace, None)
 
     @staticmethod
     def _key(rt: ResourceType, namespace: str | None, name: str) -> Key:
@@ -758,7 +761,7 @@ class ObjectStore:
                     return obj
                 obj["metadata"]["resourceVersion"] = self._next_revision()
                 entry.obj = copy.deepcopy(obj)
-                self._purge_at[name] = time.monotonic() + self.namespace_deletion_delay
+                self._deleted_at[name] = time.monotonic()
                 return obj
             if dry_run:
                 return copy.deepcopy(entry.obj)
@@ -805,6 +808,12 @@ class ObjectStore:
             self._purge_expired()
             entry = self._objects.get(self._key(rt, namespace, name))
             return copy.deepcopy(entry.obj) if entry else None
+
+    def exists(self, rt: ResourceType, namespace: str | None, name: str) -> bool:
+        """Whether the object is stored (a terminating namespace still is)."""
+        with self._lock:
+            self._purge_expired()
+            return self._key(rt, namespace, name) in self._objects
 
     def remove(self, rt: ResourceType, namespace: str | None, name: str) -> bool:
         """Remove an object at once (a namespace with all its contents), bypassing HTTP."""

@@ -3,10 +3,15 @@
 These tests pin the behaviour the Provisioner's tests rely on: the REST protocol for the
 tenant kinds, server-side apply, errors as ``Status`` bodies, schema validation,
 namespace termination, injected failures and latency, and the request log.
+
+Nothing here depends on how fast the machine is: latency is asserted through the verb
+and latency each request was charged (recorded in the request log), concurrency through
+a rendezvous in the fake, and waits for something to happen are bounded generously.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
@@ -21,7 +26,8 @@ from kubernetes import client, config, dynamic
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
-from tests.fakekube import KUBERNETES_VERSION, FakeKubeServer
+from tests.fakekube import KUBERNETES_VERSION, FakeKubeServer, RequestRecord
+from tests.fakekube.__main__ import latency_rule
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
@@ -99,7 +105,9 @@ def quota_body(name: str = "quota", cpu: str = "10") -> dict[str, Any]:
     }
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``predicate``; the timeout only bounds a failing test, a passing one returns
+    as soon as it holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -684,6 +692,9 @@ def test_deleted_namespace_terminates_then_disappears_with_its_objects(
     net.create_namespaced_network_policy(
         namespace, {"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}
     )
+    # Held Terminating however slow the checks below are; let go further down (the
+    # delay applies to namespaces already terminating).
+    kube.namespace_deletion_delay = 60
     core.delete_namespace(namespace)
 
     terminating = core.read_namespace(namespace)
@@ -691,6 +702,9 @@ def test_deleted_namespace_terminates_then_disappears_with_its_objects(
     assert terminating.metadata.deletion_timestamp is not None
     # Deleting again while it terminates is a conflict, as on the real server.
     expect_api_error(lambda: core.delete_namespace(namespace), 409, "Conflict")
+    assert core.read_namespaced_resource_quota("quota", namespace).metadata.name == "quota"
+
+    kube.namespace_deletion_delay = 0.2
 
     def gone() -> bool:
         try:
@@ -795,34 +809,196 @@ def test_hung_reads_are_retried_by_urllib3_before_failing(
 
 
 # -- latency and concurrency -----------------------------------------------------------------
+#
+# Latencies are asserted as charged (RequestRecord.verb and .latency), never by timing a
+# call: the only clock-based checks are that no answer left before its latency was up
+# (duration >= latency), which a slow machine cannot break.
+
+# The benchmark's model, with distinct figures where the verbs must be told apart.
+CREATE_NAMESPACE, CREATE, UPDATE = 0.05, 0.03, 0.02
+
+
+def charged(record: RequestRecord) -> tuple[str, str, int, str, float]:
+    """What a test asserts about a request's latency: method, resource, status, verb,
+    latency."""
+    return (record.method, record.resource, record.status, record.verb, record.latency)
 
 
 def test_latency_is_added_per_kind(
     kube: FakeKubeServer, core: client.CoreV1Api, namespace: str
 ) -> None:
     kube.set_latency(0.02, namespaces=0.05)
-    started = time.monotonic()
     core.read_namespace(namespace)
     core.list_namespaced_resource_quota(namespace)
-    assert time.monotonic() - started >= 0.07
     namespace_call, quota_call = kube.requests(method="GET")
-    assert namespace_call.resource == "namespaces"
-    assert namespace_call.duration >= 0.05
-    assert quota_call.resource == "resourcequotas"
-    assert quota_call.duration >= 0.02
+    assert charged(namespace_call) == ("GET", "namespaces", 200, "get", 0.05)
+    assert charged(quota_call) == ("GET", "resourcequotas", 200, "list", 0.02)
+    # The latency is really waited out: neither answer left before it was up.
+    assert namespace_call.duration >= namespace_call.latency
+    assert quota_call.duration >= quota_call.latency
 
     kube.clear_latency()
     kube.clear_requests()
     core.read_namespace(namespace)
     [fast] = kube.requests()
-    assert fast.duration < 0.05
+    assert charged(fast) == ("GET", "namespaces", 200, "get", 0.0)  # no latency added
+
+
+def test_apply_creating_a_namespace_is_charged_create_and_relabelling_it_update(
+    kube: FakeKubeServer, core: client.CoreV1Api
+) -> None:
+    kube.set_latency_rules(
+        {"create:namespaces": CREATE_NAMESPACE, "create": CREATE, "update": UPDATE}
+    )
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "org-ssa"}}
+    core.patch_namespace(
+        "org-ssa", namespace, field_manager="provisioner", force=True, _content_type=APPLY
+    )
+    # The isolation-ready label, applied by another manager to the existing namespace.
+    core.patch_namespace(
+        "org-ssa",
+        {**namespace, "metadata": {"name": "org-ssa", "labels": {"isolation-ready": "true"}}},
+        field_manager="provisioner-isolation",
+        force=True,
+        _content_type=APPLY,
+    )
+    core.create_namespaced_resource_quota("org-ssa", quota_body())
+
+    created, relabelled, quota = kube.requests()
+    assert charged(created) == ("PATCH", "namespaces", 201, "create", CREATE_NAMESPACE)
+    assert charged(relabelled) == ("PATCH", "namespaces", 200, "update", UPDATE)
+    assert charged(quota) == ("POST", "resourcequotas", 201, "create", CREATE)
+    assert all(r.duration >= r.latency for r in (created, relabelled, quota))
+    labels = core.read_namespace("org-ssa").metadata.labels
+    assert labels["isolation-ready"] == "true"
+
+
+def test_latency_lookup_order(
+    kube: FakeKubeServer, core: client.CoreV1Api, api_client: ApiClient
+) -> None:
+    # Each figure is a distinct number of milliseconds, so a wrong lookup shows.
+    kube.set_latency(0.001, namespaces=0.002, resourcequotas=0.003)
+    kube.set_latency_rules({"create": 0.004, "create:Namespace": 0.005, "get": 0.006})
+    assert kube.latency_rules() == {
+        "": 0.001,
+        "namespaces": 0.002,
+        "resourcequotas": 0.003,
+        "create": 0.004,
+        "create:namespaces": 0.005,  # normalised to the plural
+        "get": 0.006,
+    }
+    core.create_namespace({"metadata": {"name": "org-order"}})  # verb:resource
+    core.create_namespaced_resource_quota("org-order", quota_body())  # verb over resource
+    core.create_namespaced_service_account("org-order", {"metadata": {"name": "sa"}})  # verb
+    core.read_namespaced_resource_quota("quota", "org-order")  # verb over resource
+    core.list_namespaced_resource_quota("org-order")  # resource over default
+    core.patch_namespace("org-order", {"metadata": {"labels": {"a": "b"}}})  # resource
+    core.list_namespaced_service_account("org-order")  # default
+    client.CoreV1Api(api_client).get_api_resources()  # discovery: nothing
+
+    assert [(r.verb, r.resource, r.latency) for r in kube.requests()] == [
+        ("create", "namespaces", 0.005),
+        ("create", "resourcequotas", 0.004),
+        ("create", "serviceaccounts", 0.004),
+        ("get", "resourcequotas", 0.006),
+        ("list", "resourcequotas", 0.003),
+        ("update", "namespaces", 0.002),
+        ("list", "serviceaccounts", 0.001),
+        ("", "", 0.0),
+    ]
+
+
+def test_every_request_is_charged_the_verb_it_served(
+    kube: FakeKubeServer, core: client.CoreV1Api, namespace: str
+) -> None:
+    kube.clear_requests()
+    core.patch_namespaced_resource_quota(  # apply of a missing object
+        "quota", namespace, quota_body(), field_manager="p", _content_type=APPLY
+    )
+    core.patch_namespaced_resource_quota(  # apply of an existing one
+        "quota", namespace, quota_body(cpu="20"), field_manager="p", _content_type=APPLY
+    )
+    quota = core.read_namespaced_resource_quota("quota", namespace)
+    core.replace_namespaced_resource_quota("quota", namespace, quota)
+    core.patch_namespaced_resource_quota_status(
+        "quota", namespace, {"status": {"used": {"cpu": "1"}}}, _content_type=MERGE
+    )
+    # Failed writes: an apply that would have created (no fieldManager), a merge patch
+    # of an existing object that conflicts on its resourceVersion.
+    expect_api_error(
+        lambda: core.patch_namespaced_limit_range(
+            "limits", namespace, {"metadata": {"name": "limits"}}, _content_type=APPLY
+        ),
+        422,
+        "Invalid",
+    )
+    expect_api_error(
+        lambda: core.patch_namespaced_resource_quota(
+            "quota", namespace, {"metadata": {"resourceVersion": "1"}}, _content_type=MERGE
+        ),
+        409,
+        "Conflict",
+    )
+    expect_api_error(
+        lambda: core.list_namespaced_resource_quota(namespace, watch=True),
+        405,
+        "MethodNotAllowed",
+    )
+    core.delete_namespaced_resource_quota("quota", namespace)
+    core.delete_collection_namespaced_service_account(namespace)
+
+    assert [(r.method, r.status, r.verb) for r in kube.requests()] == [
+        ("PATCH", 201, "create"),
+        ("PATCH", 200, "update"),
+        ("GET", 200, "get"),
+        ("PUT", 200, "update"),
+        ("PATCH", 200, "update"),
+        ("PATCH", 422, "create"),
+        ("PATCH", 409, "update"),
+        ("GET", 405, "watch"),
+        ("DELETE", 200, "delete"),
+        ("DELETE", 200, "delete"),
+    ]
+
+
+def test_latency_settings_from_the_constructor_and_bad_rules() -> None:
+    kube = FakeKubeServer(
+        latency=0.01,
+        latency_by_resource={"Namespace": 0.05},
+        latency_rules={"update": 0.02, "create:rolebinding": 0.03},
+    )
+    assert kube.latency_rules() == {
+        "": 0.01,
+        "namespaces": 0.05,
+        "update": 0.02,
+        "create:rolebindings": 0.03,
+    }
+    for bad in ("patch", "create:pods", "pods", "create:"):
+        with pytest.raises(ValueError, match="latency rule"):
+            kube.set_latency_rules({bad: 0.1})
+    with pytest.raises(ValueError, match="negative"):
+        kube.set_latency_rules({"get": -1})
+    kube.clear_latency()
+    assert kube.latency_rules() == {"": 0.0}
+
+
+def test_command_line_latency_rules() -> None:
+    assert latency_rule("create:Namespace=0.05") == ("create:namespaces", 0.05)
+    assert latency_rule("update=0.02") == ("update", 0.02)
+    assert latency_rule("networkpolicy=0.5") == ("networkpolicies", 0.5)
+    for bad in ("create", "create=soon", "crate:namespaces=1", "create:pods=1", "get=-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            latency_rule(bad)
 
 
 def test_slow_calls_overlap_instead_of_queueing(
     kube: FakeKubeServer, api_client: ApiClient
 ) -> None:
-    # Long enough that both calls are in flight together even on a loaded machine.
     kube.set_latency(namespaces=0.3)
+    # Each create is held, once served and while it waits out its latency, until both
+    # are held together: if the fake served them, or waited out their latency, one at
+    # a time, the rendezvous could never fill and would break (after 10 s).
+    meeting = kube.inject_rendezvous(2, method="POST", kind="namespaces")
     core = client.CoreV1Api(api_client)
     start = threading.Barrier(2)
 
@@ -834,9 +1010,21 @@ def test_slow_calls_overlap_instead_of_queueing(
         names = sorted(pool.map(create, ["org-x", "org-y"]))
     assert names == ["org-x", "org-y"]
     first, second = kube.requests(method="POST")
-    assert second.started < first.finished  # both were in flight together ...
-    # ... and neither waited for the other: queued, they would span 2 x 0.3 s.
-    assert max(first.finished, second.finished) - min(first.started, second.started) < 0.6
+    assert (meeting.hits, meeting.broken) == (2, False)  # held together, in their latency
+    assert second.started < first.finished  # so both were in flight together
+    assert [(r.verb, r.latency) for r in (first, second)] == [("create", 0.3)] * 2
+    assert all(r.duration >= r.latency for r in (first, second))
+
+
+def test_rendezvous_breaks_when_requests_come_one_at_a_time(
+    kube: FakeKubeServer, core: client.CoreV1Api
+) -> None:
+    # The check above is not vacuous: requests that never overlap break the rendezvous.
+    meeting = kube.inject_rendezvous(2, method="POST", kind="namespaces", timeout=0.2)
+    core.create_namespace({"metadata": {"name": "org-one"}})
+    core.create_namespace({"metadata": {"name": "org-two"}})
+    assert (meeting.hits, meeting.broken) == (2, True)
+    assert [r.status for r in kube.requests(method="POST")] == [201, 201]
 
 
 # -- request log and direct store access --------------------------------------------------
@@ -863,6 +1051,7 @@ def test_request_log_records_each_call_in_order(
     assert log[0].content_type == APPLY
     assert "fieldManager=provisioner" in log[0].query
     assert log[1].query == "labelSelector=a%3Db"
+    assert [r.verb for r in log] == ["create", "list", "delete", "delete"]
     assert [r.seq for r in log] == sorted(r.seq for r in log)
     assert all(r.finished >= r.started for r in log)
 
