@@ -511,6 +511,18 @@ async def insert_member(
     return await load_member(conn, organization, user_id)
 
 
+async def add_first_owner(conn: asyncpg.Connection, organization: str, user_id: str) -> str:
+    """Makes the creator of a new organization its owner; returns the creator's email
+    (one round trip: the saga's next step needs it)."""
+    email: str = await conn.fetchval(
+        "WITH added AS (INSERT INTO tenant.members (organization, user_id, role) "
+        "VALUES ($1, $2, 'owner')) SELECT email FROM tenant.users WHERE id = $2",
+        organization,
+        uuid.UUID(user_id),
+    )
+    return email
+
+
 async def load_member(
     conn: asyncpg.Connection, organization: str, user_id: str, *, for_update: bool = False
 ) -> Member | None:

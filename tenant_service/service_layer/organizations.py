@@ -18,11 +18,12 @@ at the longest backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from prometheus_client import Counter
 
@@ -39,7 +40,7 @@ from servicekit.requests import RequestKey
 from servicekit.revocation import organization_key
 from tenant_service.adapters import postgres as pg
 from tenant_service.adapters.platform import Platform, StepFailed
-from tenant_service.domain.model import Organization, OrgState, Role, matches_etag
+from tenant_service.domain.model import Organization, OrgState, matches_etag
 from tenant_service.service_layer.tokens import Revoker
 
 log = logging.getLogger(__name__)
@@ -143,16 +144,11 @@ class Organizations:
                 RESOURCE, slug, f"organization slug {slug!r} is reserved by the platform"
             )
         async with self._store.plain() as conn:
-            if request is not None:
-                found = await pg.find_request(conn, None, request.request_id)
-                if found is not None:
-                    request.confirm_retry(found[0], found[1])
-                    replayed = True
-                else:
-                    replayed = False
+            found = await pg.find_request(conn, None, request.request_id) if request else None
+            if found is not None:
+                assert request is not None
+                request.confirm_retry(found[0], found[1])
             else:
-                replayed = False
-            if not replayed:
                 org = await pg.insert_organization(
                     conn,
                     slug=slug,
@@ -167,7 +163,7 @@ class Organizations:
                         slug,
                         f"organization slug {slug!r} is taken (slugs are never reused)",
                     )
-                await pg.insert_member(conn, slug, creator, Role.OWNER)
+                owner_email = await pg.add_first_owner(conn, slug, creator)
                 if request is not None:
                     await pg.save_request(
                         conn,
@@ -177,9 +173,12 @@ class Organizations:
                         request.fingerprint,
                         {"organization": slug},
                     )
-        if replayed:
-            return await self.get(found[2]["organization"])  # type: ignore[index]
-        return await self.converge(slug)
+        if found is not None:
+            return await self.get(str(found[2]["organization"]))
+        # The first step right away, with what this transaction already knows.
+        assert org is not None
+        async with self._lock(slug):
+            return await self._provision(org, [owner_email])
 
     # -- update -------------------------------------------------------------------------
 
@@ -253,27 +252,33 @@ class Organizations:
 
     # -- the saga -----------------------------------------------------------------------
 
-    async def converge(self, slug: str) -> Organization:
-        """Takes the organization's saga one step further (idempotent)."""
+    @contextlib.asynccontextmanager
+    async def _lock(self, slug: str) -> AsyncIterator[None]:
+        """One saga step at a time per organization in this process (replicas may
+        overlap: every step is idempotent)."""
         lock = self._converging.setdefault(slug, asyncio.Lock())
         try:
             async with lock:
-                return await self._converge(slug)
+                yield
         finally:
             if not lock.locked():
                 self._converging.pop(slug, None)
 
-    async def _converge(self, slug: str) -> Organization:
-        org = await self.get(slug)
-        if org.state in (OrgState.PROVISIONING, OrgState.FAILED):
-            return await self._provision(org)
-        if org.state is OrgState.DELETING:
-            return await self._deprovision(org)
-        return org
+    async def converge(self, slug: str) -> Organization:
+        """Takes the organization's saga one step further (idempotent)."""
+        async with self._lock(slug):
+            async with self._store.org(slug, readonly=True) as conn:
+                org = await pg.load_organization(conn, slug)
+                if org is None:
+                    raise NotFound(RESOURCE, slug, metadata={"organization": slug})
+                owners = [email for _, email in await pg.owners(conn, slug, lock=False)]
+            if org.state in (OrgState.PROVISIONING, OrgState.FAILED):
+                return await self._provision(org, owners)
+            if org.state is OrgState.DELETING:
+                return await self._deprovision(org)
+            return org
 
-    async def _provision(self, org: Organization) -> Organization:
-        async with self._store.org(org.slug, readonly=True) as conn:
-            owners = [email for _, email in await pg.owners(conn, org.slug, lock=False)]
+    async def _provision(self, org: Organization, owners: list[str]) -> Organization:
         try:
             env = await self._platform.provision(org.slug, owners)
         except StepFailed as exc:
