@@ -210,6 +210,7 @@ def main(args: argparse.Namespace) -> None:
         }
         with suite(env, PROVISIONER_BACKEND="gitops") as ports:
             asyncio.run(measure(ports["tenant"], ports["config"], rounds))
+            asyncio.run(gitops_share(ports["provisioner"], keys, rounds))
         with (
             fake_api(Path(folder) / "kubeconfig") as kubeconfig,
             suite(env, KUBECONFIG=str(kubeconfig)) as ports,
@@ -231,18 +232,28 @@ async def kube_runs(ports: dict[str, int], keys: Keys, rounds: int) -> None:
         await create_organizations(
             stub, session, rounds, "fake Kubernetes API: namespace 50 ms, other writes 20 ms"
         )
-        # The decomposition: the Provisioner's share, called directly.
-        samples = []
-        for _ in range(rounds):
-            slug = f"p{uuid.uuid4().hex[:12]}"
-            started = time.perf_counter()
-            await provisioner.ProvisionTenant(
-                ppb.ProvisionTenantRequest(organization=slug, owners=["ada@example.com"]),
-                metadata=(("authorization", f"Bearer {keys.token(slug)}"),),
-                timeout=30,
-            )
-            samples.append(time.perf_counter() - started)
-        summary("of which ProvisionTenant until READY (same fake API)", samples)
+        await provision_directly(provisioner, keys, rounds, "same fake API")
+
+
+async def provision_directly(provisioner: Any, keys: Keys, rounds: int, label: str) -> None:
+    """The decomposition: the Provisioner's share of CreateOrganization, called directly."""
+    samples = []
+    for _ in range(rounds):
+        slug = f"p{uuid.uuid4().hex[:12]}"
+        started = time.perf_counter()
+        await provisioner.ProvisionTenant(
+            ppb.ProvisionTenantRequest(organization=slug, owners=["ada@example.com"]),
+            metadata=(("authorization", f"Bearer {keys.token(slug)}"),),
+            timeout=30,
+        )
+        samples.append(time.perf_counter() - started)
+    summary(f"of which ProvisionTenant until READY ({label})", samples)
+
+
+async def gitops_share(port: int, keys: Keys, rounds: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub: Any = provisioner_service_pb2_grpc.ProvisionerServiceStub(channel)
+        await provision_directly(stub, keys, rounds, "GitOps backend")
 
 
 @contextlib.contextmanager
