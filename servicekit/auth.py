@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -33,6 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from servicekit.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 # JWK members that hold private key material (RFC 7518): never served.
@@ -96,6 +99,7 @@ class Principal:
     token_id: str
     expires_at: dt.datetime
     issued_at: dt.datetime = dataclasses.field(default=dt.datetime.fromtimestamp(0, dt.UTC))
+    key_id: str = ""
 
     @property
     def is_platform(self) -> bool:
@@ -242,8 +246,11 @@ class TokenSigner:
 class KeySet:
     """Public keys by ``kid``, from a JWKS file, a JWKS URL or a fixed document.
 
-    A token naming an unknown ``kid`` triggers one reload (at most every
-    ``min_reload_seconds``), so a rotated key is picked up without a restart.
+    The source is read again when it may have changed: a file when its modification
+    time, inode or size changes (checked every second by the server), a URL every
+    ``JWT_JWKS_RELOAD_SECONDS``, and either when a token names an unknown ``kid`` (at
+    most every ``min_reload_seconds``). So a new key is picked up without a restart, and
+    a key removed from the source stops verifying (see :meth:`TokenVerifier.refresh_keys`).
     """
 
     def __init__(
@@ -261,6 +268,7 @@ class KeySet:
         self._lock = threading.Lock()
         self._keys: dict[str, jwt.PyJWK] = {}
         self._documents: dict[str, dict[str, Any]] = {}
+        self._stamp: tuple[int, int, int] | None = None
         if jwks is not None:
             self._keys, self._documents = self._parse(jwks)
         elif file is not None or url is not None:
@@ -293,13 +301,38 @@ class KeySet:
         with self._lock:
             self._last_reload = time.monotonic()
             if self._file is not None:
+                stamp = self._file_stamp()
                 document = json.loads(self._file.read_text())
+                self._stamp = stamp
             elif self._url is not None:
                 with urllib.request.urlopen(self._url, timeout=5) as response:  # noqa: S310
                     document = json.loads(response.read())
             else:
                 return
             self._keys, self._documents = self._parse(document)
+
+    def _file_stamp(self) -> tuple[int, int, int]:
+        assert self._file is not None
+        stat = self._file.stat()
+        return stat.st_mtime_ns, stat.st_ino, stat.st_size
+
+    @property
+    def from_url(self) -> bool:
+        """Whether the keys come from a URL (reloaded on a schedule)."""
+        return self._file is None and self._url is not None
+
+    def file_changed(self) -> bool:
+        """Whether the JWKS file differs from the one last read (blocking: a stat)."""
+        if self._file is None:
+            return False
+        try:
+            return self._file_stamp() != self._stamp
+        except OSError:
+            return False
+
+    def kids(self) -> frozenset[str]:
+        """The ids of the keys in force."""
+        return frozenset(self._keys)
 
     def get(self, kid: str) -> jwt.PyJWK | None:
         """The key named ``kid``, if known."""
@@ -342,6 +375,36 @@ class TokenVerifier:
     def keys(self) -> KeySet:
         """The public keys tokens are verified with."""
         return self._keys
+
+    async def refresh_keys(self) -> None:
+        """Re-reads the keys (off the event loop) and forgets every cached verification
+        made with a key that is gone: a key removed from the JWKS verifies nothing more,
+        not even tokens it verified before."""
+        try:
+            await asyncio.to_thread(self._keys.reload)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot reload the token verification keys, keeping them: %s", exc)
+            return
+        kids = self._keys.kids()
+        stale = [token for token, p in self._verified.items() if p.key_id not in kids]
+        for token in stale:
+            del self._verified[token]
+        if stale:
+            log.info("dropped %d verified tokens of removed keys", len(stale))
+
+    async def run_key_refresh(self, *, url_every: float, file_every: float = 1.0) -> None:
+        """Forever (a background task): reloads a JWKS file when it changes, a JWKS URL
+        every ``url_every`` seconds."""
+        loop = asyncio.get_running_loop()
+        next_url = loop.time() + url_every
+        while True:
+            await asyncio.sleep(file_every)
+            if self._keys.from_url:
+                if loop.time() >= next_url:
+                    next_url = loop.time() + url_every
+                    await self.refresh_keys()
+            elif await asyncio.to_thread(self._keys.file_changed):
+                await self.refresh_keys()
 
     async def verify(self, token: str) -> Principal:
         """Checks signature, key id, issuer, audience, expiry, type and revocation.
@@ -403,4 +466,5 @@ class TokenVerifier:
             token_id=str(claims["jti"]),
             expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
             issued_at=dt.datetime.fromtimestamp(int(claims["iat"]), dt.UTC),
+            key_id=kid,
         )

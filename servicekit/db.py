@@ -19,13 +19,14 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class MigrationError(Exception):
@@ -54,7 +55,7 @@ def load_migrations(directory: Path) -> list[Migration]:
     """
     migrations: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
+        match = _MIGRATION_NAME.fullmatch(path.name)
         if match is None:
             raise MigrationError(f"{path}: migration files are named NNNN_description.sql")
         version = int(match.group(1))
@@ -72,7 +73,7 @@ def _lock_key(schema: str) -> int:
 
 def quote_identifier(name: str) -> str:
     """Quotes a schema name after checking it is a plain lower-case identifier."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"not a plain identifier: {name!r}")
     return f'"{name}"'
 
@@ -218,6 +219,24 @@ async def organization_transaction(
         yield conn
 
 
+_SECRET_PARAMETERS = frozenset({"password", "pass", "passwd", "sslpassword", "token"})
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced, for logs and error messages."""
-    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
+    """``url`` with every secret replaced by ``***``, for logs and error messages: the
+    password of the user part (which may itself contain ``@`` or ``:``) and secret
+    query parameters such as ``?password=``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{host}"
+    query = [
+        (key, "***" if key.lower() in _SECRET_PARAMETERS else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/*")))

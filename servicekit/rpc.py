@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "agentready.dev"
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Infrastructure services answer without a token: probes and tooling must reach them.
 OPEN_SERVICES = frozenset(
     {
@@ -276,7 +276,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def _enter(self, call: _Call, context: Context) -> None:
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get(REQUEST_ID_HEADER, "")
-        if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+        if not isinstance(request_id, str) or not _REQUEST_ID_RE.fullmatch(request_id):
             request_id = uuid.uuid4().hex
         request_id_var.set(request_id)
         method_var.set(call.full_method)

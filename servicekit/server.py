@@ -221,6 +221,10 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         platform=platform,
     )
     resources.run_in_background(revocations.run(), name="revocations")
+    if verifier is not None:
+        resources.run_in_background(
+            verifier.run_key_refresh(url_every=settings.jwks_reload_seconds), name="jwks-refresh"
+        )
     resources.on_shutdown(platform.stop)
     server = grpc.aio.server(
         interceptors=[

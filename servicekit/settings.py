@@ -43,6 +43,7 @@ class Settings:
     db_connect_timeout_seconds: float
     jwks_file: Path | None
     jwks_url: str | None
+    jwks_reload_seconds: float
     jwt_issuer: str
     jwt_audience: str
     platform_organization: str
@@ -111,9 +112,15 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "JWT_JWKS_FILE",
         "(unset)",
         "Path of a JWKS file with the public keys tokens are verified "
-        "with; re-read when a token names an unknown `kid`.",
+        "with; re-read when it changes or a token names an unknown `kid`.",
     ),
     ("JWT_JWKS_URL", "(unset)", "HTTP(S) URL of a JWKS document, used when no file is set."),
+    (
+        "JWT_JWKS_RELOAD_SECONDS",
+        "60",
+        "How often a JWKS URL is read again (a JWKS file is read again as soon as it "
+        "changes); keys removed from the JWKS stop verifying then.",
+    ),
     ("JWT_ISSUER", "agentready", "Required `iss` claim of every token."),
     ("JWT_AUDIENCE", "agentready", "Required `aud` claim of every token."),
     (
@@ -307,6 +314,7 @@ def load_settings(
         db_connect_timeout_seconds=read.seconds("DB_CONNECT_TIMEOUT_SECONDS", 30.0, hi=3600),
         jwks_file=Path(jwks_file) if jwks_file else None,
         jwks_url=jwks_url,
+        jwks_reload_seconds=max(1.0, read.seconds("JWT_JWKS_RELOAD_SECONDS", 60.0, hi=86400)),
         jwt_issuer=read.string("JWT_ISSUER", "agentready"),
         jwt_audience=read.string("JWT_AUDIENCE", "agentready"),
         platform_organization=platform_org or "platform",

@@ -12,7 +12,7 @@ from typing import Any
 
 from servicekit.errors import FieldViolation
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 MAX_VALUE_BYTES = 64 * 1024
 MAX_LIST_ITEMS = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -108,7 +108,7 @@ def check_name(name: str, field: str) -> list[FieldViolation]:
     """A service or key name: 1-63 of ``[a-z0-9._-]``, alphanumeric at both ends."""
     if not name:
         return [FieldViolation(field, "required")]
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         return [
             FieldViolation(
                 field,
