@@ -27,7 +27,7 @@ def test_a_trailing_newline_is_no_valid_label() -> None:
 
 
 def test_identifiers_are_whole_identifiers() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a plain identifier"):
         quote_identifier("config\n")
     assert quote_identifier("config") == '"config"'
 
