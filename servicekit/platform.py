@@ -115,6 +115,12 @@ class PlatformConfig:
         with contextlib.suppress(TimeoutError):
             await self._watcher.start(timeout=0)
 
+    @property
+    def live(self) -> bool:
+        """Whether the watcher holds a stream (or there is no watcher at all)."""
+        watcher = self._watcher
+        return watcher is None or watcher.connected
+
     async def stop(self) -> None:
         """Stops watching."""
         if self._watcher is not None:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -79,6 +79,8 @@ class RevocationList:
         self._block_ms = max(1, int(block_seconds * 1000))
         self._clock = clock
         self._until: dict[str, float] = {}
+        # Called with the keys of revocations as they arrive (e.g. to end open streams).
+        self.listeners: list[Callable[[Iterable[str]], None]] = []
         self.loaded = asyncio.Event()
         # Rises each time an update was applied: tests and tools wait on it.
         self.applied = 0
@@ -113,6 +115,14 @@ class RevocationList:
             if until > self._until.get(key, 0.0):
                 self._until[key] = until
         REVOCATIONS_LOADED.set(len(self._until))
+        self._tell(entries)
+
+    def _tell(self, keys: Iterable[str]) -> None:
+        now = self._clock()
+        live = [key for key in keys if self._until.get(key, 0.0) > now]
+        if live:
+            for listener in self.listeners:
+                listener(live)
 
     # -- following Redis ----------------------------------------------------------------
 
@@ -135,6 +145,7 @@ class RevocationList:
         fresh = {k.decode(): float(v) for k, v in raw.items()}
         self._until = {k: v for k, v in fresh.items() if v > now}
         REVOCATIONS_LOADED.set(len(self._until))
+        self._tell(list(self._until))
         self.loaded.set()
         await self._bump()
         return position

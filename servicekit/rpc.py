@@ -10,6 +10,8 @@ inside the handler:
   ``UNAUTHENTICATED`` before any handler code runs;
 * the caller's organization is held to its request rate
   (:mod:`servicekit.ratelimit`): ``RESOURCE_EXHAUSTED`` with ``RetryInfo`` beyond it;
+* a streaming call ends with ``UNAUTHENTICATED`` when its token expires or is revoked
+  (:mod:`servicekit.streams`);
 * a :class:`~servicekit.errors.AgentReadyError` raised by the handler becomes a
   ``google.rpc.Status`` with ``ErrorInfo`` (plus ``BadRequest``, ``ResourceInfo`` or
   ``RetryInfo``), ``NotImplementedError`` becomes ``UNIMPLEMENTED`` and anything else
@@ -19,6 +21,7 @@ inside the handler:
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import functools
@@ -40,6 +43,7 @@ from servicekit.auth import Principal, TokenVerifier
 from servicekit.logs import method_var, organization_var, request_id_var
 from servicekit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY, RPC_STARTED
 from servicekit.ratelimit import RateLimiter
+from servicekit.streams import Guard, StreamGuards
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +198,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         verifier: TokenVerifier | None,
         public_methods: Iterable[str] = (),
         rate_limiter: RateLimiter | None = None,
+        streams: StreamGuards | None = None,
     ) -> None:
         """
         Args:
@@ -203,10 +208,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             rate_limiter: holds each organization to its request rate (calls with a
                 token scoped to an organization; operators and platform services are
                 not limited).
+            streams: ends streaming calls when their token expires or is revoked.
         """
         self._verifier = verifier
         self._public = frozenset(public_methods)
         self._limiter = rate_limiter
+        self._streams = streams
 
     async def intercept_service(
         self,
@@ -236,8 +243,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def streaming(request: Any, context: Context) -> Any:
                 call = _Call(method, kind, needs_auth)
+                guard: Guard | None = None
                 try:
                     await self._enter(call, context)
+                    principal = principal_var.get()
+                    if principal is not None and self._streams is not None:
+                        guard = self._streams.open(principal)
                     result = behaviour(request, context)
                     if hasattr(result, "__aiter__"):
                         async for item in result:
@@ -247,9 +258,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     else:
                         for item in result:
                             yield item
+                except asyncio.CancelledError as exc:
+                    # Cancelled by its guard: the token expired or was revoked.
+                    ended = guard.ended if guard is not None else None
+                    await self._fail(call, context, ended or exc)
                 except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
+                    if guard is not None and self._streams is not None:
+                        self._streams.close(guard)
                     self._leave(call)
 
             wrapped: Callable[..., Any] = streaming

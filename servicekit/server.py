@@ -40,6 +40,7 @@ from servicekit.redisconn import connect_redis
 from servicekit.revocation import RevocationList
 from servicekit.rpc import ServerInterceptor
 from servicekit.settings import ExtraSetting, Settings, load_settings
+from servicekit.streams import StreamGuards
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,8 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     verifier = build_verifier(settings)
     redis = connect_redis(settings.redis_url)
     revocations = RevocationList(redis)
+    streams = StreamGuards()
+    revocations.listeners.append(streams.revoked)
     if verifier is not None:
         verifier.is_revoked = revocations.revoked
     platform = PlatformConfig(
@@ -232,6 +235,7 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
                 verifier=verifier,
                 public_methods=spec.public_methods,
                 rate_limiter=RateLimiter(redis, platform.rate_limit),
+                streams=streams,
             )
         ],
         options=[

@@ -23,6 +23,13 @@ from tests.e2e.watching import Recorder, Replica, Response, channel_for, eventua
 from tests.rpcerrors import error_info
 
 
+@pytest.fixture(autouse=True)
+async def platform_watchers_settled(servers: dict[str, RunningServer]) -> None:
+    """Every server also watches the platform configuration through this ConfigService:
+    wait until those streams are open, so counts of streams only move with the test's."""
+    await eventually(lambda: all(s.resources.platform.live for s in servers.values()))
+
+
 def open_streams() -> float:
     """This process's `config_watch_streams` gauge (the servers run in-process)."""
     return REGISTRY.get_sample_value("config_watch_streams") or 0.0

@@ -37,6 +37,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format
 
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
+from agentready.errors import from_rpc_error
 from agentready.flags import FlagResult, evaluate_flag
 
 Response = config_pb2.WatchConfigResponse
@@ -52,6 +53,11 @@ _PERMANENT = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+
+
+# Reasons with which a server ends a stream whose token ran out or was revoked; with a
+# token provider, the watcher reconnects at once with a fresh token.
+_TOKEN_ENDED = frozenset({"TOKEN_EXPIRED", "TOKEN_REVOKED"})
 
 
 class WatcherState(enum.Enum):
@@ -223,6 +229,11 @@ class AsyncConfigWatcher:
         return WatcherState.LIVE
 
     @property
+    def connected(self) -> bool:
+        """Whether a stream is open and has delivered (values are live right now)."""
+        return self._connected
+
+    @property
     def age(self) -> float | None:
         """Seconds since the server last confirmed the values (None: never)."""
         if self._last_message_at is None:
@@ -292,6 +303,15 @@ class AsyncConfigWatcher:
             except grpc.aio.AioRpcError as error:
                 self.last_error = error
                 wait = self._backoff[1] if error.code() in _PERMANENT else delay
+                if (
+                    error.code() == grpc.StatusCode.UNAUTHENTICATED
+                    and self._connected  # ended mid-stream, not refused at the door
+                    and callable(self._token)
+                    and from_rpc_error(error).reason in _TOKEN_ENDED
+                ):
+                    # The stream outlived its token: ask the provider for a fresh one
+                    # and resume at once from the last revision (nothing is lost).
+                    wait = 0.0
             finally:
                 if self._connected or self._lost_at is None:
                     self._lost_at = time.monotonic()
