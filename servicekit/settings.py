@@ -75,7 +75,12 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "postgresql://127.0.0.1:5432/postgres",
         "PostgreSQL URL (`postgresql://user:pass@host:port/db`, or `?host=/socket/dir`).",
     ),
-    ("REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL (`redis://`, `rediss://` or `unix://`)."),
+    (
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis URL (`redis://`, `rediss://` for TLS, or `unix://`); a password or ACL user "
+        "goes in it (`redis://user:password@host:6379/0`).",
+    ),
     ("GRPC_HOST", "[::]", "Address the gRPC server binds."),
     (
         "<SVC>_GRPC_PORT / GRPC_PORT",

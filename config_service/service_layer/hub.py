@@ -227,8 +227,23 @@ class Hub:
     async def _catch_up(self, feed: _Feed) -> None:
         try:
             while feed.target > feed.revision and self._feeds.get(feed.organization) is feed:
-                upto = min(feed.target, feed.revision + self._batch)
                 async with self._store.transaction(feed.organization) as conn:
+                    # A notification is a hint, not a fact: confirm it against what is
+                    # committed, so a forged one (anyone who can PUBLISH on Redis) can
+                    # neither reset streams nor make the feed wait for revisions that
+                    # do not exist.
+                    committed, _ = await pg.read_revision(conn, feed.organization)
+                    if feed.target > committed:
+                        log.warning(
+                            "notified revision %d of %s is above the committed %d; ignored",
+                            feed.target,
+                            feed.organization,
+                            committed,
+                        )
+                        feed.target = committed
+                    upto = min(feed.target, feed.revision + self._batch)
+                    if upto <= feed.revision:
+                        break
                     changes = await pg.changes_between(conn, feed.organization, feed.revision, upto)
                 metrics.FEED_FETCHES.inc()
                 expected = feed.revision + 1

@@ -4,6 +4,7 @@ progress, slow consumers and concurrent writers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -499,3 +501,30 @@ async def test_shutdown_ends_streams_at_once_so_clients_move_on(
             await server.stop()
         else:
             await stopping
+
+
+async def test_a_forged_notification_neither_resets_nor_stalls_streams(
+    servers: dict[str, RunningServer],
+    org: Client,
+    keys: Keys,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Security review finding 9: anyone able to PUBLISH on Redis announced revision
+    999999999999 and every stream of the organization was reset. A notification is now
+    checked against PostgreSQL before the hub acts on it."""
+    caplog.set_level(logging.WARNING, logger="config_service.service_layer.hub")
+    async with recorder(servers, org, keys) as watch:
+        await watch.wait_for(0)
+        await org.set("a", 1)
+        await watch.wait_for(1)
+        forger = aioredis.Redis.from_url(redis_url)
+        try:
+            await forger.publish(f"agentready:config:{org.organization}", "999999999999")
+        finally:
+            await forger.aclose()
+        await eventually(lambda: "above the committed" in caplog.text)
+        await org.set("a", 2)
+        await watch.wait_for(2)
+        assert watch.errors == []  # never closed, never reset
+        assert [m.revision for m in watch.changes()] == [1, 2]
