@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 from agentready import AsyncConfigWatcher, ConfigEvent
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class PlatformConfig:
         organization: the reserved platform organization's slug.
         target: ConfigService's address (set later for ConfigService itself).
         token: bearer token provider; None disables the watcher (defaults apply).
+        connect: opens a channel to a target (plaintext or TLS, per the settings).
     """
 
     def __init__(
@@ -89,8 +91,11 @@ class PlatformConfig:
         *,
         target: str,
         token: Callable[[], str] | None,
+        connect: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
     ) -> None:
         self.organization = organization
+        self._connect = connect
+        self._channel: grpc.aio.Channel | None = None
         self.target = target
         self.token = token
         self._watcher: AsyncConfigWatcher | None = None
@@ -104,9 +109,11 @@ class PlatformConfig:
         if self.token is None:
             log.info("no platform token: rate limits off, built-in organization limits")
             return
+        self._channel = self._connect(self.target)
         self._watcher = AsyncConfigWatcher(
-            self.target,
+            None,
             self.organization,
+            channel=self._channel,
             token=self.token,
             services=[SERVICE],
             backoff_max=5.0,
@@ -125,6 +132,8 @@ class PlatformConfig:
         """Stops watching."""
         if self._watcher is not None:
             await self._watcher.stop()
+        if self._channel is not None:
+            await self._channel.close()
 
     def _on_change(self, event: ConfigEvent) -> None:
         self._rate_limits = {}

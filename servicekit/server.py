@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from servicekit import db
 from servicekit.auth import KeySet, TokenVerifier
+from servicekit.channels import client_channel, server_credentials
 from servicekit.errors import SettingsError
 from servicekit.logs import configure_logging
 from servicekit.metrics import serve_metrics
@@ -214,6 +215,7 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         settings.platform_organization,
         target=settings.config_address,
         token=FileToken(settings.platform_token_file) if settings.platform_token_file else None,
+        connect=lambda target: client_channel(target, settings),
     )
     resources = Resources(
         settings=settings,
@@ -254,13 +256,19 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if settings.grpc_reflection:
+        reflection.enable_server_reflection(
+            (*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     try:
         await spec.register(server, resources)
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        credentials = server_credentials(settings)
         try:
-            port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(
                 f"cannot listen on {settings.grpc_host}:{settings.grpc_port}: {exc}"

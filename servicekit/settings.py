@@ -49,6 +49,11 @@ class Settings:
     platform_organization: str
     config_address: str
     platform_token_file: Path | None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_ca_file: Path | None = None
+    grpc_reflection: bool = True
     # Service-specific settings, validated: name → int, float or str.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -126,8 +131,39 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "How often a JWKS URL is read again (a JWKS file is read again as soon as it "
         "changes); keys removed from the JWKS stop verifying then.",
     ),
+    (
+        "JWT_JWKS_ALLOW_HTTP",
+        "false",
+        "`true` lets `JWT_JWKS_URL` be plain `http://` (development only: anyone on the "
+        "path could swap the keys); otherwise it must be `https://`.",
+    ),
     ("JWT_ISSUER", "agentready", "Required `iss` claim of every token."),
     ("JWT_AUDIENCE", "agentready", "Required `aud` claim of every token."),
+    (
+        "TLS_CERT_FILE",
+        "(unset)",
+        "PEM certificate (chain) the gRPC server presents; with `TLS_KEY_FILE`, the server "
+        "speaks TLS only.",
+    ),
+    ("TLS_KEY_FILE", "(unset)", "PEM private key of `TLS_CERT_FILE`."),
+    (
+        "TLS_CLIENT_CA_FILE",
+        "(unset)",
+        "PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).",
+    ),
+    (
+        "TLS_CA_FILE",
+        "(unset)",
+        "PEM CA bundle the suite's own clients (TenantService's sagas, the platform "
+        "watchers) trust; when set they connect with TLS (and present `TLS_CERT_FILE` as "
+        "their client certificate).",
+    ),
+    (
+        "GRPC_REFLECTION",
+        "on",
+        "`on` or `off`: gRPC server reflection, served without a token (it reveals the "
+        "API's shape, never data).",
+    ),
     (
         "PLATFORM_ORGANIZATION",
         "platform",
@@ -289,8 +325,18 @@ def load_settings(
         raise SettingsError(f"DB_POOL_MAX={pool_max} is below DB_POOL_MIN={pool_min}")
     jwks_var, jwks_file = read.raw("JWT_JWKS_FILE")
     jwks_url_var, jwks_url = read.raw("JWT_JWKS_URL")
-    if jwks_url is not None and urlsplit(jwks_url).scheme not in ("http", "https"):
-        raise SettingsError(f"{jwks_url_var}={jwks_url!r}: expected an http:// or https:// URL")
+    allow_http = read.choice("JWT_JWKS_ALLOW_HTTP", "false", ("true", "false"), upper=False)
+    schemes = ("http", "https") if allow_http == "true" else ("https",)
+    if jwks_url is not None and urlsplit(jwks_url).scheme not in schemes:
+        raise SettingsError(
+            f"{jwks_url_var}={jwks_url!r}: expected an https:// URL (plain http:// only with "
+            "JWT_JWKS_ALLOW_HTTP=true, for development)"
+        )
+    tls = {name: _existing_file(read, name) for name in TLS_FILES}
+    if (tls["TLS_CERT_FILE"] is None) != (tls["TLS_KEY_FILE"] is None):
+        raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE: set both or neither")
+    if tls["TLS_CLIENT_CA_FILE"] is not None and tls["TLS_CERT_FILE"] is None:
+        raise SettingsError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
     if jwks_file is not None and not Path(jwks_file).is_file():
         raise SettingsError(f"{jwks_var}={jwks_file!r}: no such file")
     platform_org_var, platform_org = read.raw("PLATFORM_ORGANIZATION")
@@ -325,8 +371,25 @@ def load_settings(
         platform_organization=platform_org or "platform",
         config_address=read.string("CONFIG_ADDRESS", "127.0.0.1:50052"),
         platform_token_file=Path(token_file) if token_file else None,
+        tls_cert_file=tls["TLS_CERT_FILE"],
+        tls_key_file=tls["TLS_KEY_FILE"],
+        tls_client_ca_file=tls["TLS_CLIENT_CA_FILE"],
+        tls_ca_file=tls["TLS_CA_FILE"],
+        grpc_reflection=read.choice("GRPC_REFLECTION", "on", ("on", "off"), upper=False) == "on",
         extra={name: _read_extra(read, name, spec) for name, spec in (extra or {}).items()},
     )
+
+
+TLS_FILES = ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "TLS_CA_FILE")
+
+
+def _existing_file(read: _Reader, name: str) -> Path | None:
+    var, value = read.raw(name)
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        raise SettingsError(f"{var}={value!r}: no such file")
+    return Path(value)
 
 
 def _read_extra(read: _Reader, name: str, spec: ExtraSetting) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from agentready.tenant.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 
+from servicekit.channels import client_channel
 from servicekit.errors import SettingsError
 from servicekit.leader import LeaderLock, leader_lock_key
 from servicekit.platform import PlatformConfig
@@ -174,6 +175,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         provisioner_address=extra["TENANT_PROVISIONER_ADDRESS"],
         config_address=settings.config_address,
         timeout=extra["TENANT_CALL_TIMEOUT_SECONDS"],
+        connect=lambda target: client_channel(target, settings),
     )
     timing = SagaTiming(
         grace=extra["TENANT_SAGA_GRACE_SECONDS"],

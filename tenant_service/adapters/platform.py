@@ -67,11 +67,12 @@ class Platform:
         provisioner_address: str,
         config_address: str,
         timeout: float,
+        connect: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
     ) -> None:
         self._token = token
         self._timeout = timeout
-        self._provisioner_channel = grpc.aio.insecure_channel(provisioner_address)
-        self._config_channel = grpc.aio.insecure_channel(config_address)
+        self._provisioner_channel = connect(provisioner_address)
+        self._config_channel = connect(config_address)
         self._provisioner: ProvisionerServiceAsyncStub = (
             provisioner_service_pb2_grpc.ProvisionerServiceStub(self._provisioner_channel)
         )
