@@ -207,7 +207,10 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     verifier = build_verifier(settings)
     redis = connect_redis(settings.redis_url)
     revocations = RevocationList(redis)
-    streams = StreamGuards()
+    streams = StreamGuards(
+        per_token=settings.max_streams_per_token,
+        per_organization=settings.max_streams_per_organization,
+    )
     revocations.listeners.append(streams.revoked)
     if verifier is not None:
         verifier.is_revoked = revocations.revoked

@@ -54,6 +54,8 @@ class Settings:
     tls_client_ca_file: Path | None = None
     tls_ca_file: Path | None = None
     grpc_reflection: bool = True
+    max_streams_per_token: int = 1000
+    max_streams_per_organization: int = 10000
     # Service-specific settings, validated: name → int, float or str.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -163,6 +165,17 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "on",
         "`on` or `off`: gRPC server reflection, served without a token (it reveals the "
         "API's shape, never data).",
+    ),
+    (
+        "MAX_STREAMS_PER_TOKEN",
+        "1000",
+        "Most streams (WatchConfig) one token may hold open on one server; beyond, "
+        "RESOURCE_EXHAUSTED (pods sharing a service-account key count together).",
+    ),
+    (
+        "MAX_STREAMS_PER_ORGANIZATION",
+        "10000",
+        "Most streams one organization may hold open on one server.",
     ),
     (
         "PLATFORM_ORGANIZATION",
@@ -376,6 +389,10 @@ def load_settings(
         tls_client_ca_file=tls["TLS_CLIENT_CA_FILE"],
         tls_ca_file=tls["TLS_CA_FILE"],
         grpc_reflection=read.choice("GRPC_REFLECTION", "on", ("on", "off"), upper=False) == "on",
+        max_streams_per_token=read.integer("MAX_STREAMS_PER_TOKEN", 1000, lo=1, hi=10**7),
+        max_streams_per_organization=read.integer(
+            "MAX_STREAMS_PER_ORGANIZATION", 10000, lo=1, hi=10**7
+        ),
         extra={name: _read_extra(read, name, spec) for name, spec in (extra or {}).items()},
     )
 

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterable
 
 from servicekit.auth import Principal
-from servicekit.errors import Unauthenticated
+from servicekit.errors import ResourceExhausted, Unauthenticated
 from servicekit.revocation import jti_key, organization_key
 
 
@@ -39,19 +39,41 @@ class Guard:
 
 
 class StreamGuards:
-    """Open streams by token id and organization; ends them when their token does."""
+    """Open streams by token id and organization; ends them when their token does, and
+    caps how many one token and one organization may hold open on this server.
 
-    def __init__(self) -> None:
+    Args:
+        per_token: most streams one token may hold open at once.
+        per_organization: most streams one organization may hold open at once.
+    """
+
+    def __init__(self, *, per_token: int = 10**9, per_organization: int = 10**9) -> None:
         self._by_key: dict[str, set[Guard]] = {}
+        self._caps = (per_token, per_organization)
 
     def __len__(self) -> int:
         return len({guard for guards in self._by_key.values() for guard in guards})
 
     def open(self, principal: Principal) -> Guard | None:
-        """Guards the stream served by the current task (None outside a task)."""
+        """Guards the stream served by the current task (None outside a task).
+
+        Raises:
+            ResourceExhausted: the token or its organization holds its cap of streams.
+        """
         task = asyncio.current_task()
         if task is None:
             return None
+        for key, cap, holder in zip(
+            self._keys(principal), self._caps, ("token", "organization"), strict=False
+        ):
+            if len(self._by_key.get(key, ())) >= cap:
+                raise ResourceExhausted(
+                    f"this {holder} holds {cap} open streams, the most a server allows; "
+                    "close some (a process needs one watcher per organization)",
+                    reason="TOO_MANY_STREAMS",
+                    retry_after_seconds=5.0,
+                    metadata={"limit": str(cap), "per": holder},
+                )
         guard = Guard(principal, weakref.ref(task))
         delay = principal.expires_at.timestamp() - time.time()
         guard.timer = asyncio.get_running_loop().call_later(

@@ -44,6 +44,10 @@ def bench_environment() -> Iterator[tuple[dict[str, str], Keys]]:
                 "LOG_LEVEL": "WARNING",
                 "CONFIG_CHANNEL_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
                 "DB_POOL_MAX": "20",
+                # The fan-out and idle-stream benchmarks hold thousands of streams of
+                # one token and one organization.
+                "MAX_STREAMS_PER_TOKEN": "1000000",
+                "MAX_STREAMS_PER_ORGANIZATION": "1000000",
             },
             keys,
         )
