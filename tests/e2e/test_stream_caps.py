@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 
 from config_service.app import SPEC as CONFIG
@@ -46,12 +47,10 @@ async def test_streams_are_capped_per_token_and_per_organization(
 
             async def refused(token: str) -> str:
                 call = watch(token)
-                try:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
                     await call.read()
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    return error_info(exc).metadata["per"]
-                raise AssertionError("a stream beyond the cap was served")
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return str(error_info(info.value).metadata["per"])
 
             held = [await opened(first), await opened(first)]
             assert await refused(first) == "token"
