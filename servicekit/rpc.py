@@ -105,9 +105,37 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+# Error details travel in HTTP/2 trailers, which clients cap (gRPC's default hard limit
+# is 16 KiB): a long message or hundreds of violations must not turn an INVALID_ARGUMENT
+# into a transport error. Beyond these bounds the answer says how many were left out.
+MAX_MESSAGE_CHARS = 1000
+MAX_VIOLATIONS = 25
+MAX_DESCRIPTION_CHARS = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _bounded(violations: Any) -> list[Any]:
+    kept = [
+        dataclasses.replace(v, description=_clip(v.description, MAX_DESCRIPTION_CHARS))
+        for v in violations[:MAX_VIOLATIONS]
+    ]
+    if len(violations) > MAX_VIOLATIONS:
+        kept.append(
+            errors.FieldViolation(
+                "…", f"and {len(violations) - MAX_VIOLATIONS} more problems of the same request"
+            )
+        )
+    return kept
+
+
 def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
     """The ``google.rpc.Status`` (with details) a domain error is reported as."""
-    status = status_pb2.Status(code=getattr(code_pb2, error.code_name), message=error.message)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, error.code_name), message=_clip(error.message, MAX_MESSAGE_CHARS)
+    )
     status.details.append(
         _pack(
             error_details_pb2.ErrorInfo(
@@ -123,7 +151,7 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                         error_details_pb2.BadRequest.FieldViolation(
                             field=v.field, description=v.description
                         )
-                        for v in error.violations
+                        for v in _bounded(error.violations)
                     ]
                 )
             )
@@ -136,7 +164,7 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                         error_details_pb2.PreconditionFailure.Violation(
                             type=error.reason, subject=v.field, description=v.description
                         )
-                        for v in error.violations
+                        for v in _bounded(error.violations)
                     ]
                 )
             )

@@ -306,6 +306,23 @@ def _stored_schema(row: asyncpg.Record) -> StoredSchema:
     )
 
 
+async def other_schemas_bytes(conn: asyncpg.Connection, organization: str, service: str) -> int:
+    """Encoded size of the organization's schemas other than ``service``'s, with the
+    organization's schema writes serialized until commit (so two at once cannot
+    overshoot the organization's limit together)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('agentready:schemas:' || $1, 0))",
+        organization,
+    )
+    total = await conn.fetchval(
+        "SELECT coalesce(sum(octet_length(schema::text)), 0) FROM config.schemas "
+        "WHERE organization = $1 AND service <> $2",
+        organization,
+        service,
+    )
+    return int(total)
+
+
 async def load_schema(
     conn: asyncpg.Connection, organization: str, service: str, *, lock: bool = False
 ) -> StoredSchema | None:

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import re2
 
+from config_service.domain.patterns import MAX_PATTERN_CHARS, MAX_PATTERNS, compile_pattern
 from config_service.domain.values import ConfigValue, ValueType, check_name, check_value
 from servicekit.errors import FieldViolation
 
 MAX_KEYS = 1000
 MAX_DESCRIPTION_CHARS = 1000
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # an invalid pattern is the caller's error, not a log line
-
-
-@functools.lru_cache(maxsize=1024)
-def compile_pattern(pattern: str) -> Any:
-    """The compiled RE2 pattern (RE2 syntax and semantics, as every client gets).
-
-    Raises:
-        re2.error: the pattern is not valid RE2.
-    """
-    return re2.compile(pattern, _RE2_OPTIONS)
+# Encoded size of one service's schema, and of all schemas of an organization.
+MAX_SCHEMA_BYTES = 256 * 1024
+MAX_ORGANIZATION_SCHEMA_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +125,10 @@ class ServiceSchema:
         """Storage form."""
         return {"strict": self.strict, "keys": [k.to_json() for k in self.keys]}
 
+    def encoded_size(self) -> int:
+        """Bytes of the stored form (bounded by :data:`MAX_SCHEMA_BYTES`)."""
+        return len(json.dumps(self.to_json(), separators=(",", ":")).encode())
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ServiceSchema:
         """The inverse of :meth:`to_json`."""
@@ -180,10 +176,18 @@ class StoredSchema:
 
 
 def check_schema(schema: ServiceSchema, field: str = "schema") -> list[FieldViolation]:
-    """Checks that a schema is consistent: unique keys, sound bounds, valid defaults."""
+    """Checks that a schema is consistent: unique keys, sound bounds, valid defaults.
+
+    Compile its patterns with :func:`~config_service.domain.patterns.precompile` first
+    (a step at a time, within a time budget): here they come from the cache.
+    """
     violations: list[FieldViolation] = []
     if len(schema.keys) > MAX_KEYS:
         return [FieldViolation(f"{field}.keys", f"at most {MAX_KEYS} keys")]
+    if sum(1 for key in schema.keys if key.pattern) > MAX_PATTERNS:
+        return [FieldViolation(f"{field}.keys", f"at most {MAX_PATTERNS} keys with a pattern")]
+    if schema.encoded_size() > MAX_SCHEMA_BYTES:
+        return [FieldViolation(field, f"at most {MAX_SCHEMA_BYTES // 1024} KiB encoded")]
     seen: set[str] = set()
     for i, key in enumerate(schema.keys):
         at = f"{field}.keys[{i}]"
@@ -204,6 +208,10 @@ def check_schema(schema: ServiceSchema, field: str = "schema") -> list[FieldViol
         if key.pattern:
             if key.type is not ValueType.STRING:
                 problems.append(FieldViolation(f"{at}.pattern", "only STRING keys"))
+            elif len(key.pattern) > MAX_PATTERN_CHARS:
+                problems.append(
+                    FieldViolation(f"{at}.pattern", f"at most {MAX_PATTERN_CHARS} characters")
+                )
             else:
                 try:
                     compile_pattern(key.pattern)

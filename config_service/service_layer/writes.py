@@ -10,7 +10,9 @@ import asyncpg
 
 from config_service.adapters import postgres as pg
 from config_service.domain.model import DELETE, SET, Change, Commit, Entry, Mutation, etag
+from config_service.domain.patterns import precompile
 from config_service.domain.schema import (
+    MAX_ORGANIZATION_SCHEMA_BYTES,
     ServiceSchema,
     StoredSchema,
     check_schema,
@@ -22,6 +24,7 @@ from servicekit.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from servicekit.requests import RequestKey
 
@@ -271,6 +274,10 @@ class ConfigWriter:
             Aborted: ``expected_etag`` does not match.
             FailedPrecondition: values already set would break it.
         """
+        if not await precompile(k.pattern for k in schema.keys if k.pattern):
+            raise InvalidArgument.field(
+                "schema.keys", "its patterns take too long to compile; simplify them"
+            )
         problems = check_schema(schema)
         if problems:
             raise InvalidArgument(
@@ -294,6 +301,20 @@ class ConfigWriter:
                 )
             if stored is not None and stored.schema == schema:
                 return stored  # identical: a no-op, so retries are harmless
+            others = await pg.other_schemas_bytes(conn, organization, service)
+            if others + schema.encoded_size() > MAX_ORGANIZATION_SCHEMA_BYTES:
+                raise ResourceExhausted(
+                    f"the schemas of {organization!r} would take "
+                    f"{others + schema.encoded_size()} bytes; the limit is "
+                    f"{MAX_ORGANIZATION_SCHEMA_BYTES}",
+                    reason="SCHEMA_LIMIT",
+                    retry_after_seconds=0,
+                    metadata={
+                        "organization": organization,
+                        "limit_bytes": str(MAX_ORGANIZATION_SCHEMA_BYTES),
+                        "used_bytes": str(others),
+                    },
+                )
             entries = await pg.list_entries(conn, organization, services=[service])
             broken = violations_of_existing(schema, [(e.key, e.value) for e in entries])
             if broken:

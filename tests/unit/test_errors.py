@@ -60,3 +60,21 @@ def test_etag_mismatch_is_aborted_with_metadata() -> None:
     (info,) = unpack(status, error_details_pb2.ErrorInfo)
     assert info.reason == "ETAG_MISMATCH"
     assert dict(info.metadata) == {"current_etag": "e2"}
+
+
+def test_huge_errors_stay_small_enough_for_any_client() -> None:
+    """Hundreds of violations or a long message must not exceed what clients accept in
+    trailers (16 KiB by default): the status is bounded and says what was left out."""
+    from google.rpc import error_details_pb2
+
+    from servicekit.errors import FieldViolation, InvalidArgument
+    from servicekit.rpc import status_from_error
+
+    violations = [FieldViolation(f"schema.keys[{i}].pattern", "x" * 500) for i in range(1000)]
+    error = InvalidArgument("; ".join(v.description for v in violations), violations=violations)
+    status = status_from_error(error)
+    assert len(status.SerializeToString()) < 8 * 1024
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details)
+    assert bad.field_violations[0].field == "schema.keys[0].pattern"
+    assert "975 more" in bad.field_violations[-1].description
