@@ -112,7 +112,7 @@ SETTINGS = {
     ),
     "PROVISIONER_KUBE_WORKERS": ExtraSetting(
         "16",
-        "Threads (and pooled connections) for Kubernetes API calls.",
+        "Pooled connections (concurrent requests) to the Kubernetes API.",
         kind="int",
         lo=1,
         hi=256,
@@ -166,7 +166,9 @@ def build_backend(settings: Settings) -> Backend:
             timeout=extra["PROVISIONER_KUBE_TIMEOUT_SECONDS"],
             attempts=extra["PROVISIONER_KUBE_ATTEMPTS"],
             retry_base=extra["PROVISIONER_KUBE_RETRY_BASE_SECONDS"],
-            workers=extra["PROVISIONER_KUBE_WORKERS"],
+            # No threads any more (the calls run on the event loop): the setting now
+            # bounds the pooled connections alone.
+            connections=extra["PROVISIONER_KUBE_WORKERS"],
         )
     except Exception as exc:  # the config loaders raise several kinds
         raise SettingsError(f"cannot load the Kubernetes configuration: {exc}") from exc

@@ -1,15 +1,17 @@
-"""The Kubernetes backend: server-side apply through the official client.
+"""The Kubernetes backend: server-side apply over asyncio HTTP.
 
-The client is synchronous, so every call runs on a dedicated thread pool and the event
-loop never blocks; calls that do not depend on each other run concurrently (the guard
-objects after the namespace). Each call has a timeout and is retried, with jittered
-exponential backoff, while its error is temporary.
+Calls go out on the event loop through :class:`~provisioner.adapters.kube_http.KubeHttp`
+(aiohttp, pooled keep-alive connections; the official client only loads the connection
+settings), so calls that do not depend on each other run concurrently without threads:
+the four guard objects after the namespace. Each call has a timeout and is retried,
+with jittered exponential backoff, while its error is temporary.
 
 Field managers: ``agentready-provisioner`` owns everything we apply, except the
 namespace's ``agentready.io/isolation-ready`` label, which a second manager
 (``agentready-provisioner-isolation``) owns. Re-applying the namespace therefore never
 touches the label, and an unchanged tenant costs no write at all (every resourceVersion
-stays as it was).
+stays as it was). The apply's answer is the object as stored, so the label's presence
+and the quota's status are read from it, without a GET.
 
 The calls, and so the RBAC the Provisioner needs (deploy/base/provisioner/clusterrole.yaml):
 namespaces get/patch/create/delete; rolebindings patch/create/delete; resourcequotas
@@ -20,20 +22,20 @@ ClusterRole ``admin``.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import random
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
-import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
 from provisioner.adapters.backend import Backend
+from provisioner.adapters.kube_http import (
+    JSON,
+    KubeHttp,
+    classify,
+    load_configuration,
+    object_path,
+)
 from provisioner.domain import manifests
 from provisioner.domain.model import (
     GUARDS,
@@ -46,162 +48,107 @@ from provisioner.domain.model import (
     TenantSpec,
 )
 
+__all__ = ["KubernetesBackend", "classify"]
+
 log = logging.getLogger(__name__)
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 ISOLATION_MANAGER = f"{manifests.MANAGER}-isolation"
-# Errors a retry of the same call may cure.
-_TEMPORARY_STATUS = frozenset({404, 408, 409, 425, 429, 500, 502, 503, 504})
-_MAX_RETRY_AFTER = 10.0
+# The resource (URL plural) of each kind the manifests use.
+PLURALS = {
+    "Namespace": "namespaces",
+    "RoleBinding": "rolebindings",
+    "ResourceQuota": "resourcequotas",
+    "LimitRange": "limitranges",
+    "NetworkPolicy": "networkpolicies",
+}
 
 
-def classify(exc: BaseException) -> BackendError:
-    """A client exception as a :class:`BackendError`, temporary or permanent."""
-    if isinstance(exc, BackendError):
-        return exc
-    if isinstance(exc, ApiException):
-        status = int(exc.status or 0)
-        reason = str(exc.reason or "Error")
-        message = str(exc.reason or "")
-        causes: list[dict[str, Any]] = []
-        try:
-            body = json.loads(exc.body) if exc.body else {}
-        except (TypeError, ValueError):
-            body = {}
-        if isinstance(body, dict):
-            reason = str(body.get("reason") or reason)
-            message = str(body.get("message") or message)
-            causes = list((body.get("details") or {}).get("causes") or [])
-        retry_after: float | None = None
-        header = (exc.headers or {}).get("Retry-After") if exc.headers else None
-        if header:
-            try:
-                retry_after = min(float(header), _MAX_RETRY_AFTER)
-            except ValueError:
-                retry_after = None
-        temporary = status in _TEMPORARY_STATUS
-        if status == 403 and any(c.get("reason") == "NamespaceTerminating" for c in causes):
-            temporary, reason = True, "NamespaceTerminating"
-        return BackendError(
-            f"HTTP {status}: {message}" if status else message,
-            temporary=temporary,
-            reason=reason.replace(" ", ""),
-            retry_after=retry_after,
-            status=status,
-        )
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return BackendError(f"timed out: {exc}", temporary=True, reason="Timeout")
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
-        exc.reason, urllib3.exceptions.TimeoutError
-    ):
-        return BackendError(f"timed out: {exc.reason}", temporary=True, reason="Timeout")
-    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
-        return BackendError(f"unreachable: {exc}", temporary=True, reason="Unreachable")
-    return BackendError(f"{type(exc).__name__}: {exc}", temporary=False, reason="ClientError")
+def manifest_path(obj: manifests.Manifest) -> str:
+    """The REST path of the object a manifest describes."""
+    meta = obj["metadata"]
+    return object_path(
+        obj["apiVersion"], PLURALS[obj["kind"]], meta["name"], meta.get("namespace", "")
+    )
 
 
-def _json_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Calls the client without building its typed models (costly, and not needed): the
-    answer as plain JSON, or None for an empty body."""
-    response = fn(*args, _preload_content=False, **kwargs)
-    try:
-        data = response.data
-    finally:
-        response.release_conn()
-    return json.loads(data) if data else None
-
-
-def load_client(kubeconfig: str | None, *, pool_size: int) -> client.ApiClient:
-    """An API client from a kubeconfig file, or in-cluster when ``kubeconfig`` is None.
-
-    Retries are left to :class:`KubernetesBackend`, which tells temporary errors apart.
-    """
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    else:
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-    configuration.retries = False
-    configuration.connection_pool_maxsize = pool_size
-    return client.ApiClient(configuration)
+def _namespace_path(spec: TenantSpec) -> str:
+    return object_path("v1", "namespaces", spec.namespace)
 
 
 class KubernetesBackend(Backend):
     """Applies tenants to a cluster.
 
     Args:
-        api_client: a configured client (see :func:`load_client`).
-        timeout: seconds per request (connect and read).
+        http: the connection to the API server.
         attempts: tries per call while its error is temporary.
         retry_base: first backoff between tries, doubled each time, with jitter.
-        workers: threads for the blocking client (and its connection pool size).
     """
 
     kind = BackendKind.KUBERNETES
 
-    def __init__(
-        self,
-        api_client: client.ApiClient,
+    def __init__(self, http: KubeHttp, *, attempts: int = 3, retry_base: float = 0.2) -> None:
+        self._http = http
+        self._attempts = max(1, attempts)
+        self._retry_base = retry_base
+
+    @classmethod
+    def from_config(
+        cls,
+        kubeconfig: Path | None,
         *,
         timeout: float = 10.0,
         attempts: int = 3,
         retry_base: float = 0.2,
-        workers: int = 16,
-    ) -> None:
-        self._api = api_client
-        self._core = client.CoreV1Api(api_client)
-        self._rbac = client.RbacAuthorizationV1Api(api_client)
-        self._net = client.NetworkingV1Api(api_client)
-        self._timeout = timeout
-        self._attempts = max(1, attempts)
-        self._retry_base = retry_base
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="provisioner-kube")
+        connections: int = 16,
+    ) -> Self:
+        """From a kubeconfig file, or in-cluster when ``kubeconfig`` is None.
 
-    @classmethod
-    def from_config(cls, kubeconfig: Path | None, **options: Any) -> Self:
-        """From a kubeconfig file, or in-cluster when ``kubeconfig`` is None."""
-        workers = int(options.get("workers", 16))
-        return cls(
-            load_client(str(kubeconfig) if kubeconfig else None, pool_size=workers), **options
-        )
+        Args:
+            timeout: seconds per request (connecting and answering).
+            connections: pooled connections to the API server, at most.
+        """
+        configuration = load_configuration(str(kubeconfig) if kubeconfig else None)
+        http = KubeHttp(configuration, timeout=timeout, pool_size=connections)
+        return cls(http, attempts=attempts, retry_base=retry_base)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._api.close)
+        await self._http.close()
 
     # -- the call path ---------------------------------------------------------------
 
     async def _call(
-        self, fn: Callable[..., Any], *args: Any, accept: tuple[int, ...] = (), **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = JSON,
+        accept: tuple[int, ...] = (),
     ) -> Any:
-        """``fn(*args, **kwargs)`` on the pool, retried while its error is temporary.
+        """One API call, retried while its error is temporary; its JSON answer.
 
         Args:
             accept: HTTP statuses that are an answer, not a failure (e.g. 404 on a
                 delete): the call returns None at once.
         """
-        loop = asyncio.get_running_loop()
-        call = functools.partial(_json_call, fn, *args, _request_timeout=self._timeout, **kwargs)
         for attempt in range(1, self._attempts + 1):
             try:
-                return await loop.run_in_executor(self._executor, call)
-            except Exception as exc:  # the client raises many kinds; classify them all
-                error = classify(exc)
-                if error.status in accept:
-                    return None
+                return await self._http.request(
+                    method, path, query=query, body=body, content_type=content_type, accept=accept
+                )
+            except BackendError as error:
                 if not error.temporary or attempt == self._attempts:
-                    raise error from exc
+                    raise
                 delay = self._retry_base * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311
                 if error.retry_after is not None:
                     delay = max(delay, error.retry_after)
                 log.info(
-                    "kubernetes call %s failed (%s); retry %d in %.2fs",
-                    getattr(fn, "__name__", "?"),
+                    "kubernetes call %s %s failed (%s); retry %d in %.2fs",
+                    method,
+                    path,
                     error,
                     attempt,
                     delay,
@@ -210,14 +157,15 @@ class KubernetesBackend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _apply(
-        self, fn: Callable[..., Any], *args: Any, manager: str = "", accept: tuple[int, ...] = ()
+        self, obj: manifests.Manifest, *, manager: str = "", accept: tuple[int, ...] = ()
     ) -> Any:
+        """Server-side apply of ``obj`` (forced: we own these fields); the stored object."""
         return await self._call(
-            fn,
-            *args,
-            field_manager=manager or manifests.MANAGER,
-            force=True,
-            _content_type=APPLY,
+            "PATCH",
+            manifest_path(obj),
+            query=(("fieldManager", manager or manifests.MANAGER), ("force", "true")),
+            body=obj,
+            content_type=APPLY,
             accept=accept,
         )
 
@@ -225,12 +173,10 @@ class KubernetesBackend(Backend):
 
     async def apply(self, spec: TenantSpec) -> ApplyReport:
         try:
-            ns = await self._apply(
-                self._core.patch_namespace, spec.namespace, manifests.namespace(spec)
-            )
+            ns = await self._apply(manifests.namespace(spec))
         except BackendError as exc:
             return ApplyReport([StepResult(ConditionType.NAMESPACE, exc)])
-        phase = str((ns.get("status") or {}).get("phase") or "")
+        phase = str(((ns or {}).get("status") or {}).get("phase") or "")
         if phase == "Terminating":
             waiting = BackendError(
                 f"namespace {spec.namespace} is still being deleted",
@@ -241,20 +187,8 @@ class KubernetesBackend(Backend):
                 [StepResult(ConditionType.NAMESPACE, waiting)], Observation(namespace_phase=phase)
             )
         objects = manifests.guard_objects(spec)
-        writers: dict[ConditionType, Callable[..., Any]] = {
-            ConditionType.RBAC: self._rbac.patch_namespaced_role_binding,
-            ConditionType.QUOTA: self._core.patch_namespaced_resource_quota,
-            ConditionType.LIMIT_RANGE: self._core.patch_namespaced_limit_range,
-            ConditionType.NETWORK_POLICY: self._net.patch_namespaced_network_policy,
-        }
         outcomes = await asyncio.gather(
-            *(
-                self._apply(
-                    writers[kind], objects[kind]["metadata"]["name"], spec.namespace, objects[kind]
-                )
-                for kind in GUARDS
-            ),
-            return_exceptions=True,
+            *(self._apply(objects[kind]) for kind in GUARDS), return_exceptions=True
         )
         steps = [StepResult(ConditionType.NAMESPACE)]
         quota_hard: dict[str, str] = {}
@@ -270,13 +204,17 @@ class KubernetesBackend(Backend):
                 status = (outcome or {}).get("status") or {}
                 quota_hard = dict(status.get("hard") or {})
                 quota_used = dict(status.get("used") or {})
-        steps.append(await self._mark_isolation(spec, ns, steps))
+        steps.append(await self._mark_isolation(spec, ns or {}, steps))
         return ApplyReport(steps, Observation(phase, quota_hard, quota_used))
 
     async def _mark_isolation(
         self, spec: TenantSpec, ns: Any, steps: list[StepResult]
     ) -> StepResult:
-        """The isolation-ready label: set once every guard exists, removed otherwise."""
+        """The isolation-ready label: set once every guard exists, removed otherwise.
+
+        ``ns`` is the namespace as the apply answered it: whether the label is there
+        already is read from it (no GET, and no write when nothing changes).
+        """
         labels = (ns.get("metadata") or {}).get("labels") or {}
         labelled = labels.get(manifests.ISOLATION_LABEL) == "true"
         failed = [s for s in steps if s.error is not None]
@@ -284,10 +222,7 @@ class KubernetesBackend(Backend):
             if not failed:
                 if not labelled:  # already there: no write, nothing changes
                     await self._apply(
-                        self._core.patch_namespace,
-                        spec.namespace,
-                        manifests.isolation_marker(spec, ready=True),
-                        manager=ISOLATION_MANAGER,
+                        manifests.isolation_marker(spec, ready=True), manager=ISOLATION_MANAGER
                     )
                 return StepResult(ConditionType.ISOLATION)
             if labelled:
@@ -307,24 +242,20 @@ class KubernetesBackend(Backend):
     async def _remove_isolation_label(self, spec: TenantSpec) -> None:
         # A merge patch, not an apply: it never creates a namespace that is gone.
         await self._call(
-            self._core.patch_namespace,
-            spec.namespace,
-            {"metadata": {"labels": {manifests.ISOLATION_LABEL: None}}},
-            field_manager=ISOLATION_MANAGER,
-            _content_type=MERGE,
+            "PATCH",
+            _namespace_path(spec),
+            query=(("fieldManager", ISOLATION_MANAGER),),
+            body={"metadata": {"labels": {manifests.ISOLATION_LABEL: None}}},
+            content_type=MERGE,
             accept=(404,),
         )
 
     async def observe(self, spec: TenantSpec) -> Observation | None:
+        quota_path = object_path("v1", "resourcequotas", manifests.QUOTA_NAME, spec.namespace)
         try:
             ns, quota = await asyncio.gather(
-                self._call(self._core.read_namespace, spec.namespace, accept=(404,)),
-                self._call(
-                    self._core.read_namespaced_resource_quota,
-                    manifests.QUOTA_NAME,
-                    spec.namespace,
-                    accept=(404,),
-                ),
+                self._call("GET", _namespace_path(spec), accept=(404,)),
+                self._call("GET", quota_path, accept=(404,)),
             )
         except BackendError as exc:
             log.info("cannot observe %s: %s", spec.namespace, exc)
@@ -335,31 +266,26 @@ class KubernetesBackend(Backend):
 
     async def revoke(self, spec: TenantSpec) -> None:
         deny_all = manifests.network_policy(spec, deny_all=True)
+        binding_path = object_path(
+            "rbac.authorization.k8s.io/v1",
+            "rolebindings",
+            manifests.ROLE_BINDING_NAME,
+            spec.namespace,
+        )
 
         async def deny() -> None:
             # Applying a namespaced object never creates its namespace: a namespace that
             # is gone answers 404, one that is going 403 NamespaceTerminating. Either
             # way no traffic is left to deny.
             try:
-                await self._apply(
-                    self._net.patch_namespaced_network_policy,
-                    manifests.NETWORK_POLICY_NAME,
-                    spec.namespace,
-                    deny_all,
-                    accept=(404,),
-                )
+                await self._apply(deny_all, accept=(404,))
             except BackendError as exc:
                 if exc.reason != "NamespaceTerminating":
                     raise
 
         results = await asyncio.gather(
             self._remove_isolation_label(spec),
-            self._call(
-                self._rbac.delete_namespaced_role_binding,
-                manifests.ROLE_BINDING_NAME,
-                spec.namespace,
-                accept=(404,),
-            ),
+            self._call("DELETE", binding_path, accept=(404,)),
             deny(),
             return_exceptions=True,
         )
@@ -369,8 +295,8 @@ class KubernetesBackend(Backend):
 
     async def delete(self, spec: TenantSpec) -> None:
         # 404: already gone; 409: already terminating.
-        await self._call(self._core.delete_namespace, spec.namespace, accept=(404, 409))
+        await self._call("DELETE", _namespace_path(spec), accept=(404, 409))
 
     async def gone(self, spec: TenantSpec) -> bool:
-        found = await self._call(self._core.read_namespace, spec.namespace, accept=(404,))
+        found = await self._call("GET", _namespace_path(spec), accept=(404,))
         return found is None

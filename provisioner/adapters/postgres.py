@@ -1,9 +1,16 @@
 """The ``provisioner`` schema: environments, quota history, request ids.
 
-Organization-scoped functions take a connection inside :func:`org_transaction`; the
-few that span organizations say so. Connections are passed in (not taken from the
-pool here) so that a reconcile can hold its tenant lock and do its queries on one
-connection, and can never starve the pool waiting for a second one.
+Organization-scoped functions take a connection inside :func:`org_transaction` (or a
+:class:`TenantSession` transaction); the few that span organizations say so.
+Connections are passed in (not taken from the pool here) so that a reconcile can hold
+its tenant lock and do its queries on one connection, and can never starve the pool
+waiting for a second one.
+
+Round trips are what a use case pays for here (each is a wait on the server, a few
+hundred microseconds), so the writes answer with the row as written (``RETURNING``)
+instead of being read back, and what belongs together goes in one statement: a new
+environment with its first quota-history entry, a request id with the check whether it
+was seen before, the tenant lock with the transaction's row-level-security settings.
 """
 
 from __future__ import annotations
@@ -39,17 +46,16 @@ _COLUMNS = (
 )
 
 
+_SET_TENANT = "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true)"
+
+
 @contextlib.asynccontextmanager
 async def org_transaction(
     conn: asyncpg.Connection, organization: str, *, readonly: bool = False
 ) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on ``conn`` in which row-level security sees only ``organization``."""
     async with conn.transaction(readonly=readonly):
-        await conn.execute(
-            "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true)",
-            TENANT_ROLE,
-            organization,
-        )
+        await conn.execute(_SET_TENANT, TENANT_ROLE, organization)
         yield conn
 
 
@@ -57,6 +63,93 @@ def tenant_lock_key(organization: str) -> tuple[int, int]:
     """The advisory lock (class, object) of one tenant."""
     digest = hashlib.sha256(organization.encode()).digest()
     return _TENANT_LOCK_CLASS, int.from_bytes(digest[:4], "big", signed=True)
+
+
+class TenantSession:
+    """One pooled connection working on one tenant, and that tenant's advisory lock.
+
+    The lock serializes everything that converges a tenant (RPCs and the reconcile
+    loop, across replicas). It is a session-level lock, so it outlives the
+    transactions: taken in the first one, held through the backend calls that follow,
+    released when the session ends (see :func:`tenant_session`).
+
+    Taking it costs no round trip of its own: the first :meth:`transaction` tries it
+    (``pg_try_advisory_lock``) in the statement that sets row-level security up, and
+    :attr:`locked` tells whether it got it. When another session holds it, that
+    transaction goes on without it (recording a desired state need not wait for a
+    converge in progress) and :meth:`lock` waits for it afterwards; whatever was read
+    before then must be read again.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, organization: str) -> None:
+        self.conn = conn
+        self.organization = organization
+        self.locked = False
+        self._key = tenant_lock_key(organization)
+        # A lock request went out and its answer was not seen (cancelled, connection
+        # lost): whether the lock is held is unknown, so the connection must be closed.
+        self._unsure = False
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction in which row-level security sees only this tenant; it tries the
+        tenant lock first unless it is held already."""
+        async with self.conn.transaction(readonly=readonly):
+            if self.locked:
+                await self.conn.execute(_SET_TENANT, TENANT_ROLE, self.organization)
+            else:
+                self._unsure = True
+                self.locked = bool(
+                    await self.conn.fetchval(
+                        "SELECT pg_try_advisory_lock($3, $4), "
+                        "set_config('role', $1, true), set_config('app.org_id', $2, true)",
+                        TENANT_ROLE,
+                        self.organization,
+                        *self._key,
+                    )
+                )
+                self._unsure = False
+            yield self.conn
+
+    async def lock(self) -> None:
+        """Waits for the tenant lock unless it is held already.
+
+        Called outside any transaction: no row lock is held while waiting, so a
+        converge holding the tenant lock can always write its status and finish.
+        """
+        if self.locked:
+            return
+        self._unsure = True
+        await self.conn.execute("SELECT pg_advisory_lock($1, $2)", *self._key)
+        self.locked, self._unsure = True, False
+
+    async def _end(self) -> None:
+        if self._unsure:
+            self.conn.terminate()  # closing the session releases whatever it holds
+            return
+        if self.locked:
+            try:
+                await self.conn.execute("SELECT pg_advisory_unlock($1, $2)", *self._key)
+            except BaseException:
+                self.conn.terminate()
+                raise
+            self.locked = False
+
+
+@contextlib.asynccontextmanager
+async def tenant_session(pool: asyncpg.Pool, organization: str) -> AsyncIterator[TenantSession]:
+    """A :class:`TenantSession` on a pooled connection.
+
+    The pool does not reset connections, so the lock is always released here, and a
+    connection whose lock state is uncertain (cancelled while locking or unlocking) is
+    closed, which releases it server-side.
+    """
+    async with pool.acquire() as conn:
+        session = TenantSession(conn, organization)
+        try:
+            yield session
+        finally:
+            await session._end()
 
 
 def environment(row: asyncpg.Record) -> Environment:
@@ -95,7 +188,7 @@ async def load(
     return environment(row) if row else None
 
 
-async def insert(
+async def create(
     conn: asyncpg.Connection,
     organization: str,
     *,
@@ -105,13 +198,29 @@ async def insert(
     backend: BackendKind,
     conditions: Sequence[Condition],
     due_in: float,
-) -> None:
+    actor: str,
+    request_id: str,
+) -> Environment | None:
     """A new environment, PROVISIONING, due for reconciliation in ``due_in`` seconds
-    (the caller converges it at once; the loop steps in only if that never finishes)."""
-    await conn.execute(
-        "INSERT INTO provisioner.environments "
-        "(organization, owners, quota, labels, state, backend, conditions, next_reconcile_at) "
-        "VALUES ($1, $2, $3, $4, 'PROVISIONING', $5, $6, now() + make_interval(secs => $7))",
+    (the caller converges it at once; the loop steps in only if that never finishes),
+    with its initial quota in the history; one statement.
+
+    Returns:
+        The new environment, or None when ``organization`` has one already (nothing
+        written; it is not locked either).
+    """
+    row = await conn.fetchrow(
+        "WITH env AS ("  # noqa: S608
+        " INSERT INTO provisioner.environments "
+        " (organization, owners, quota, labels, state, backend, conditions, next_reconcile_at)"
+        " VALUES ($1, $2, $3, $4, 'PROVISIONING', $5, $6, now() + make_interval(secs => $7))"
+        f" ON CONFLICT (organization) DO NOTHING RETURNING {_COLUMNS}"
+        "), history AS ("
+        " INSERT INTO provisioner.quota_history "
+        " (organization, seq, old_quota, new_quota, actor, reason, request_id)"
+        " SELECT organization, (SELECT COALESCE(MAX(seq), 0) + 1 FROM provisioner.quota_history"
+        "  WHERE organization = $1), NULL, quota, $8, 'provisioned', $9 FROM env"
+        f") SELECT {_COLUMNS} FROM env",
         organization,
         list(owners),
         quota.to_json(),
@@ -119,7 +228,10 @@ async def insert(
         backend.value,
         [c.to_json() for c in conditions],
         due_in,
+        actor,
+        request_id,
     )
+    return environment(row) if row else None
 
 
 async def update_spec(
@@ -130,20 +242,25 @@ async def update_spec(
     quota: Quota | None = None,
     labels: dict[str, str] | None = None,
     due_in: float,
-) -> None:
-    """Changes the desired spec: a new generation and version, due in ``due_in`` s."""
-    await conn.execute(
-        "UPDATE provisioner.environments SET "
+) -> Environment:
+    """Changes the desired spec: a new generation and version, due in ``due_in`` s.
+
+    Returns:
+        The environment as written.
+    """
+    row = await conn.fetchrow(
+        "UPDATE provisioner.environments SET "  # noqa: S608
         "owners = COALESCE($2, owners), quota = COALESCE($3, quota), "
         "labels = COALESCE($4, labels), generation = generation + 1, version = version + 1, "
         "updated_at = now(), next_reconcile_at = now() + make_interval(secs => $5) "
-        "WHERE organization = $1",
+        f"WHERE organization = $1 RETURNING {_COLUMNS}",
         organization,
         list(owners) if owners is not None else None,
         quota.to_json() if quota is not None else None,
         labels,
         due_in,
     )
+    return environment(row)
 
 
 async def record_status(
@@ -160,16 +277,30 @@ async def record_status(
     next_reconcile_at: dt.datetime,
     deletion_progress: str,
     changed: bool,
-) -> None:
-    """Writes a reconcile's outcome; the version (etag) moves only when ``changed``."""
-    await conn.execute(
-        "UPDATE provisioner.environments SET "
+    applied_generation: int | None = None,
+) -> Environment | None:
+    """Writes a reconcile's outcome; the version (etag) moves only when ``changed``.
+
+    Args:
+        applied_generation: for the outcome of an apply, the generation applied. Then
+            nothing is written once deprovisioning has begun (its own steps take over),
+            and the environment is due at once when its spec moved past that generation
+            meanwhile. Both are decided on the row as it is when written.
+
+    Returns:
+        The environment as written; None when nothing was (deprovisioning began).
+    """
+    row = await conn.fetchrow(
+        "UPDATE provisioner.environments SET "  # noqa: S608
         "state = $2, backend = $3, observed_generation = $4, conditions = $5, observed = $6, "
-        "last_error = $7, failures = $8, next_reconcile_at = $9, deletion_progress = $10, "
-        "reconciled_at = now(), "
+        "last_error = $7, failures = $8, deletion_progress = $10, reconciled_at = now(), "
+        "next_reconcile_at = CASE WHEN $12::bigint IS NULL OR generation = $12 "
+        "THEN $9 ELSE now() END, "
         "version = version + CASE WHEN $11 THEN 1 ELSE 0 END, "
         "updated_at = CASE WHEN $11 THEN now() ELSE updated_at END "
-        "WHERE organization = $1",
+        "WHERE organization = $1 "
+        "AND ($12::bigint IS NULL OR state NOT IN ('DELETING', 'DELETED')) "
+        f"RETURNING {_COLUMNS}",
         organization,
         state.value,
         backend.value,
@@ -181,18 +312,23 @@ async def record_status(
         next_reconcile_at,
         deletion_progress,
         changed,
+        applied_generation,
     )
+    return environment(row) if row else None
 
 
-async def start_deletion(conn: asyncpg.Connection, organization: str, *, due_in: float) -> None:
-    """DELETING, due for reconciliation in ``due_in`` seconds."""
-    await conn.execute(
-        "UPDATE provisioner.environments SET state = 'DELETING', version = version + 1, "
+async def start_deletion(
+    conn: asyncpg.Connection, organization: str, *, due_in: float
+) -> Environment:
+    """DELETING, due for reconciliation in ``due_in`` seconds; the environment as written."""
+    row = await conn.fetchrow(
+        "UPDATE provisioner.environments SET state = 'DELETING', version = version + 1, "  # noqa: S608
         "updated_at = now(), next_reconcile_at = now() + make_interval(secs => $2), "
-        "failures = 0 WHERE organization = $1",
+        f"failures = 0 WHERE organization = $1 RETURNING {_COLUMNS}",
         organization,
         due_in,
     )
+    return environment(row)
 
 
 async def add_quota_change(
@@ -247,31 +383,34 @@ async def quota_history(
     ]
 
 
-async def find_request(
-    conn: asyncpg.Connection, organization: str, request_id: str
+async def claim_request(
+    conn: asyncpg.Connection, organization: str, request_id: str, method: str, fingerprint: str
 ) -> tuple[str, str] | None:
-    """(method, fingerprint) of an earlier request with this id, if any."""
+    """Records a request id in the transaction that acts on it, unless it was seen before.
+
+    Returns:
+        None when the id is new (recorded now); else the (method, fingerprint) of the
+        earlier request. A concurrent request with the same id waits for this one's
+        transaction and then finds its record.
+    """
+    claimed = await conn.fetchval(
+        "INSERT INTO provisioner.requests (organization, request_id, method, fingerprint) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (organization, request_id) DO NOTHING "
+        "RETURNING true",
+        organization,
+        request_id,
+        method,
+        fingerprint,
+    )
+    if claimed:
+        return None
     row = await conn.fetchrow(
         "SELECT method, fingerprint FROM provisioner.requests "
         "WHERE organization = $1 AND request_id = $2",
         organization,
         request_id,
     )
-    return (row["method"], row["fingerprint"]) if row else None
-
-
-async def save_request(
-    conn: asyncpg.Connection, organization: str, request_id: str, method: str, fingerprint: str
-) -> None:
-    """Records a request id, in the transaction that acted on it."""
-    await conn.execute(
-        "INSERT INTO provisioner.requests (organization, request_id, method, fingerprint) "
-        "VALUES ($1, $2, $3, $4)",
-        organization,
-        request_id,
-        method,
-        fingerprint,
-    )
+    return (row["method"], row["fingerprint"])
 
 
 # -- across organizations --------------------------------------------------------------

@@ -5,6 +5,17 @@ history and request id), then converges the environment towards it. Converging i
 idempotent and serialized per tenant by an advisory lock, and its outcome (state,
 conditions, last error, backoff) is written back, so a crash at any point leaves a
 record the reconcile loop finishes: sagas converge.
+
+The lock is taken by the write's own transaction when it is free (see
+:class:`~provisioner.adapters.postgres.TenantSession`), so the row that transaction
+wrote is what gets applied, without reading it again; when another converge holds the
+lock, the desired state is recorded all the same, and the environment is read again
+once the lock is ours. Status columns (state, conditions, failures, last error, the
+observation) are written only under the lock, so the row read under it stays current
+through the apply except for what the RPCs may change meanwhile (the spec, a
+deletion), which the status write checks on the row itself. Provisioning a tenant
+thus costs two transactions around the backend calls: one records the spec (and takes
+the lock), the other the outcome, answering with the row as written.
 """
 
 from __future__ import annotations
@@ -105,17 +116,35 @@ class Tenants:
     async def _replay(
         self, conn: asyncpg.Connection, organization: str, request: RequestKey | None
     ) -> bool:
-        """Whether ``request`` already acted (then the caller answers with the current state)."""
+        """Whether ``request`` already acted (then the caller answers with the current
+        state); records it otherwise."""
         if request is None:
             return False
-        found = await pg.find_request(conn, organization, request.request_id)
+        found = await pg.claim_request(
+            conn, organization, request.request_id, request.method, request.fingerprint
+        )
         if found is None:
-            await pg.save_request(
-                conn, organization, request.request_id, request.method, request.fingerprint
-            )
             return False
         request.confirm_retry(*found)
         return True
+
+    async def _load_locked(self, session: pg.TenantSession) -> Environment:
+        """The environment, read while holding its lock (waiting for the lock if need be).
+
+        Raises:
+            NotFound: never provisioned.
+        """
+        async with session.transaction(readonly=True) as conn:
+            env = await pg.load(conn, session.organization)
+        if not session.locked:
+            await session.lock()
+            async with session.transaction(readonly=True) as conn:
+                env = await pg.load(conn, session.organization)
+        if env is None:
+            raise NotFound(
+                RESOURCE, session.organization, metadata={"organization": session.organization}
+            )
+        return env
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -175,11 +204,10 @@ class Tenants:
         Raises:
             FailedPrecondition: DELETING or DELETED, or a quota other than the current one.
         """
-        async with self._tx(organization) as conn:
-            replayed = await self._replay(conn, organization, request)
-            env = await pg.load(conn, organization, for_update=True)
-            if env is None:
-                await pg.insert(
+        async with pg.tenant_session(self.pool, organization) as session:
+            async with session.transaction() as conn:
+                replayed = await self._replay(conn, organization, request)
+                env = await pg.create(
                     conn,
                     organization,
                     owners=owners,
@@ -188,33 +216,32 @@ class Tenants:
                     backend=self.backend.kind,
                     conditions=unknown_conditions(),
                     due_in=self.timing.grace,
-                )
-                await pg.add_quota_change(
-                    conn,
-                    organization,
-                    old=None,
-                    new=quota,
                     actor=actor,
-                    reason="provisioned",
                     request_id=request.request_id if request else "",
                 )
-            elif not replayed:
-                _check_not_removing(env)
-                if not same_quota(env.quota, quota):
-                    raise FailedPrecondition(
-                        f"the environment of {organization!r} has the quota {_show(env.quota)}; "
-                        "change it with UpdateTenantQuota",
-                        reason="QUOTA_MISMATCH",
-                        violations=[FieldViolation("quota", "differs from the current quota")],
-                        metadata={"organization": organization},
-                    )
-                if tuple(owners) != env.owners or dict(labels) != dict(env.labels):
-                    await pg.update_spec(
-                        conn, organization, owners=owners, labels=labels, due_in=self.timing.grace
-                    )
-        if replayed:
-            return await self.get(organization, observe=False)
-        return await self.converge(organization)
+                if env is None:  # provisioned before
+                    env = await pg.load(conn, organization, for_update=True)
+                    assert env is not None  # rows are never deleted
+                    if replayed:
+                        return env
+                    _check_not_removing(env)
+                    if not same_quota(env.quota, quota):
+                        raise FailedPrecondition(
+                            f"the environment of {organization!r} has the quota "
+                            f"{_show(env.quota)}; change it with UpdateTenantQuota",
+                            reason="QUOTA_MISMATCH",
+                            violations=[FieldViolation("quota", "differs from the current quota")],
+                            metadata={"organization": organization},
+                        )
+                    if tuple(owners) != env.owners or dict(labels) != dict(env.labels):
+                        env = await pg.update_spec(
+                            conn,
+                            organization,
+                            owners=owners,
+                            labels=labels,
+                            due_in=self.timing.grace,
+                        )
+            return await self._converge_locked(session, env)
 
     async def update_quota(
         self,
@@ -231,29 +258,33 @@ class Tenants:
         Raises:
             NotFound, Aborted (etag), FailedPrecondition (DELETING or DELETED).
         """
-        async with self._tx(organization) as conn:
-            env = await pg.load(conn, organization, for_update=True)
-            if env is None:
-                raise NotFound(RESOURCE, organization, metadata={"organization": organization})
-            if await self._replay(conn, organization, request):
-                return await self.get(organization, observe=False)
-            _check_etag(env, etag)
-            _check_not_removing(env)
-            current = env.quota.to_json()
-            current.update({k: v or Quota().to_json()[k] for k, v in fields.items()})
-            new = Quota.from_json(current)
-            if not same_quota(new, env.quota):
-                await pg.update_spec(conn, organization, quota=new, due_in=self.timing.grace)
-                await pg.add_quota_change(
-                    conn,
-                    organization,
-                    old=env.quota,
-                    new=new,
-                    actor=actor,
-                    reason=reason,
-                    request_id=request.request_id if request else "",
-                )
-        return await self.converge(organization)
+        async with pg.tenant_session(self.pool, organization) as session:
+            async with session.transaction() as conn:
+                env = await pg.load(conn, organization, for_update=True)
+                if env is None:
+                    raise NotFound(RESOURCE, organization, metadata={"organization": organization})
+                if await self._replay(conn, organization, request):
+                    return env
+                _check_etag(env, etag)
+                _check_not_removing(env)
+                current = env.quota.to_json()
+                current.update({k: v or Quota().to_json()[k] for k, v in fields.items()})
+                new = Quota.from_json(current)
+                if not same_quota(new, env.quota):
+                    old = env.quota
+                    env = await pg.update_spec(
+                        conn, organization, quota=new, due_in=self.timing.grace
+                    )
+                    await pg.add_quota_change(
+                        conn,
+                        organization,
+                        old=old,
+                        new=new,
+                        actor=actor,
+                        reason=reason,
+                        request_id=request.request_id if request else "",
+                    )
+            return await self._converge_locked(session, env)
 
     async def deprovision(
         self, organization: str, *, etag: str, request: RequestKey | None
@@ -263,29 +294,31 @@ class Tenants:
         Raises:
             NotFound, Aborted (etag).
         """
-        async with self._tx(organization) as conn:
-            env = await pg.load(conn, organization, for_update=True)
-            if env is None:
-                raise NotFound(RESOURCE, organization, metadata={"organization": organization})
-            if await self._replay(conn, organization, request) or env.state.removing:
-                return await self.get(organization, observe=False)
-            _check_etag(env, etag)
-            await pg.start_deletion(conn, organization, due_in=self.timing.grace)
-        env = await self.converge(organization)
+        async with pg.tenant_session(self.pool, organization) as session:
+            async with session.transaction() as conn:
+                env = await pg.load(conn, organization, for_update=True)
+                if env is None:
+                    raise NotFound(RESOURCE, organization, metadata={"organization": organization})
+                if await self._replay(conn, organization, request) or env.state.removing:
+                    return env
+                _check_etag(env, etag)
+                env = await pg.start_deletion(conn, organization, due_in=self.timing.grace)
+            env = await self._converge_locked(session, env)
         if env.state is State.DELETING:
             self._spawn(self._finish_deletion(organization), name=f"deprovision-{organization}")
         return env
 
     async def reconcile(self, organization: str) -> Environment:
         """Converges now; NOT_FOUND, or FAILED_PRECONDITION when DELETED."""
-        env = await self.get(organization, observe=False)
-        if env.state is State.DELETED:
-            raise FailedPrecondition(
-                f"the environment of {organization!r} is deleted",
-                reason="ENVIRONMENT_DELETED",
-                metadata={"organization": organization},
-            )
-        return await self.converge(organization)
+        async with pg.tenant_session(self.pool, organization) as session:
+            env = await self._load_locked(session)
+            if env.state is State.DELETED:
+                raise FailedPrecondition(
+                    f"the environment of {organization!r} is deleted",
+                    reason="ENVIRONMENT_DELETED",
+                    metadata={"organization": organization},
+                )
+            return await self._converge_locked(session, env)
 
     # -- converging ----------------------------------------------------------------------
 
@@ -299,88 +332,70 @@ class Tenants:
             only_if_due: skip unless the environment is still due once the lock is held
                 (the loop: another replica or an RPC may have just converged it).
         """
-        key = pg.tenant_lock_key(organization)
-        async with self.pool.acquire() as conn:
-            # A session-level lock: the pool does not reset connections, so it is always
-            # released here, and a connection whose lock state is uncertain (cancelled
-            # while locking or unlocking) is closed, which releases it server-side.
-            try:
-                await conn.execute("SELECT pg_advisory_lock($1, $2)", *key)
-            except BaseException:
-                conn.terminate()
-                raise
-            try:
-                async with pg.org_transaction(conn, organization, readonly=True):
-                    env = await pg.load(conn, organization)
-                if env is None:
-                    raise NotFound(RESOURCE, organization, metadata={"organization": organization})
-                if env.state is State.DELETED:
-                    return env
-                if (
-                    only_if_due
-                    and env.next_reconcile_at is not None
-                    and env.next_reconcile_at > dt.datetime.now(dt.UTC)
-                ):
-                    return env
-                if env.state is State.DELETING:
-                    await self._delete_step(conn, env)
-                else:
-                    report = await self.backend.apply(env.spec())
-                    await self._record_apply(conn, env, report)
-                async with pg.org_transaction(conn, organization, readonly=True):
-                    final = await pg.load(conn, organization)
-            finally:
-                try:
-                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
-                except BaseException:
-                    conn.terminate()
-                    raise
-        assert final is not None
-        return final
+        async with pg.tenant_session(self.pool, organization) as session:
+            env = await self._load_locked(session)
+            if (
+                only_if_due
+                and env.next_reconcile_at is not None
+                and env.next_reconcile_at > dt.datetime.now(dt.UTC)
+            ):
+                return env
+            return await self._converge_locked(session, env)
+
+    async def _converge_locked(self, session: pg.TenantSession, env: Environment) -> Environment:
+        """:meth:`converge` once the lock is held; ``env`` was read under it (or written
+        by this session's own transaction, which took it)."""
+        if not session.locked:  # another converge held it: ours now, and read afresh
+            env = await self._load_locked(session)
+        if env.state is State.DELETED:
+            return env
+        if env.state is State.DELETING:
+            return await self._delete_step(session, env)
+        report = await self.backend.apply(env.spec())
+        return await self._record_apply(session, env, report)
 
     async def _record_apply(
-        self, conn: asyncpg.Connection, env: Environment, report: ApplyReport
-    ) -> None:
+        self, session: pg.TenantSession, env: Environment, report: ApplyReport
+    ) -> Environment:
+        """Writes an apply's outcome; the environment as recorded.
+
+        Computed from ``env``, read under the lock: no one else writes the status
+        meanwhile. A spec change or a deletion that began during the apply is taken
+        into account by the write itself (see :func:`pg.record_status`).
+        """
         now = dt.datetime.now(dt.UTC)
-        async with pg.org_transaction(conn, env.organization):
-            current = await pg.load(conn, env.organization, for_update=True)
-            if current is None or current.state.removing:
-                return  # deprovisioning began meanwhile; its own steps take over
-            conditions = conditions_after(report, current.conditions, now)
-            state = state_after(report)
-            if report.ok:
-                failures = 0
-                delay = self.timing.interval
-                observed_generation = env.generation
-                last_error = ""
-            else:
-                failures = current.failures + 1
-                temporary = all(e.temporary for e in report.errors)
-                delay = self.timing.retry_delay(failures, temporary=temporary)
-                observed_generation = current.observed_generation
-                last_error = error_summary(report)
-                log.warning(
-                    "reconcile of %s failed (%d in a row): %s",
-                    env.organization,
-                    failures,
-                    last_error,
-                    extra={"organization": env.organization},
-                )
-            observation = (
-                report.observation if report.observation != Observation() else current.observation
+        conditions = conditions_after(report, env.conditions, now)
+        state = state_after(report)
+        if report.ok:
+            failures = 0
+            delay = self.timing.interval
+            observed_generation = env.generation
+            last_error = ""
+        else:
+            failures = env.failures + 1
+            temporary = all(e.temporary for e in report.errors)
+            delay = self.timing.retry_delay(failures, temporary=temporary)
+            observed_generation = env.observed_generation
+            last_error = error_summary(report)
+            log.warning(
+                "reconcile of %s failed (%d in a row): %s",
+                env.organization,
+                failures,
+                last_error,
+                extra={"organization": env.organization},
             )
-            changed = _status_changed(
-                current,
-                state=state,
-                conditions=conditions,
-                last_error=last_error,
-                observed_generation=observed_generation,
-                observation=observation,
-                backend=self.backend.kind.value,
-            )
-            if current.generation != env.generation:
-                delay = 0.0  # the spec moved on while we applied: go again soon
-            await pg.record_status(
+        observation = report.observation if report.observation != Observation() else env.observation
+        changed = _status_changed(
+            env,
+            state=state,
+            conditions=conditions,
+            last_error=last_error,
+            observed_generation=observed_generation,
+            observation=observation,
+            backend=self.backend.kind.value,
+        )
+        async with session.transaction() as conn:
+            recorded = await pg.record_status(
                 conn,
                 env.organization,
                 state=state,
@@ -393,9 +408,14 @@ class Tenants:
                 next_reconcile_at=now + dt.timedelta(seconds=delay),
                 deletion_progress="",
                 changed=changed,
+                applied_generation=env.generation,
             )
+            if recorded is None:  # deprovisioning began meanwhile; its own steps take over
+                recorded = await pg.load(conn, env.organization)
+        assert recorded is not None  # rows are never deleted
+        return recorded
 
-    async def _delete_step(self, conn: asyncpg.Connection, env: Environment) -> None:
+    async def _delete_step(self, session: pg.TenantSession, env: Environment) -> Environment:
         """Deprovisioning, one persisted step at a time: revoke → delete → gone."""
         spec = env.spec()
         progress = env.deletion_progress
@@ -447,8 +467,8 @@ class Tenants:
             )
             or progress != env.deletion_progress
         )
-        async with pg.org_transaction(conn, env.organization):
-            await pg.record_status(
+        async with session.transaction() as conn:
+            recorded = await pg.record_status(
                 conn,
                 env.organization,
                 state=state,
@@ -462,6 +482,8 @@ class Tenants:
                 deletion_progress=progress,
                 changed=changed,
             )
+        assert recorded is not None  # unconditional: rows are never deleted
+        return recorded
 
     async def _finish_deletion(self, organization: str) -> None:
         """Polls a deleted namespace until it is gone (the loop does it too, as leader)."""

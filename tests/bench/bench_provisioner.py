@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import grpc
 from agentready.provisioner.v1 import provisioner_pb2 as pb
 from agentready.provisioner.v1 import provisioner_service_pb2_grpc
 
-from provisioner.adapters.kubernetes import KubernetesBackend
+from provisioner.adapters.kubernetes import ISOLATION_MANAGER, KubernetesBackend
 from provisioner.app import SPEC
 from provisioner.domain import manifests
 from provisioner.domain.model import (
@@ -84,25 +84,12 @@ class SequentialBackend(KubernetesBackend):
     guarded_at = 0.0
 
     async def apply(self, spec: TenantSpec) -> ApplyReport:
-        apply: Callable[..., Any] = self._apply
-        await apply(self._core.patch_namespace, spec.namespace, manifests.namespace(spec))
+        await self._apply(manifests.namespace(spec))
         objects = manifests.guard_objects(spec)
-        writers = {
-            ConditionType.RBAC: self._rbac.patch_namespaced_role_binding,
-            ConditionType.QUOTA: self._core.patch_namespaced_resource_quota,
-            ConditionType.LIMIT_RANGE: self._core.patch_namespaced_limit_range,
-            ConditionType.NETWORK_POLICY: self._net.patch_namespaced_network_policy,
-        }
         for kind in GUARDS:
-            body = objects[kind]
-            await apply(writers[kind], body["metadata"]["name"], spec.namespace, body)
+            await self._apply(objects[kind])
         self.guarded_at = time.perf_counter()
-        await apply(
-            self._core.patch_namespace,
-            spec.namespace,
-            manifests.isolation_marker(spec, ready=True),
-            manager="agentready-provisioner-isolation",
-        )
+        await self._apply(manifests.isolation_marker(spec, ready=True), manager=ISOLATION_MANAGER)
         return ApplyReport([StepResult(kind) for kind in ConditionType])
 
 

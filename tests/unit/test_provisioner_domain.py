@@ -6,13 +6,11 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
 
+import aiohttp
 import pytest
-import urllib3
-from kubernetes.client.exceptions import ApiException
 
-from provisioner.adapters.kubernetes import classify
+from provisioner.adapters.kube_http import classify, status_error
 from provisioner.app import SETTINGS, choose_backend
 from provisioner.domain.checks import check_labels, check_owners
 from provisioner.domain.model import (
@@ -103,15 +101,13 @@ def test_conditions_move_their_transition_time_only_on_change() -> None:
     assert after[ConditionType.QUOTA].last_transition_time == t0
 
 
-def api_error(status: int, reason: str = "", headers: dict[str, str] | None = None) -> ApiException:
-    exc = ApiException(status=status, reason=reason)
-    exc.body = f'{{"kind": "Status", "reason": "{reason}", "message": "m"}}'
-    exc.headers = headers or {}
-    return exc
+def api_error(status: int, reason: str = "", headers: dict[str, str] | None = None) -> BackendError:
+    body = f'{{"kind": "Status", "reason": "{reason}", "message": "m"}}'.encode()
+    return status_error(status, body, headers or {})
 
 
 @pytest.mark.parametrize(
-    ("exc", "temporary", "reason"),
+    ("error", "temporary", "reason"),
     [
         (api_error(500, "InternalError"), True, "InternalError"),
         (api_error(503, "ServiceUnavailable"), True, "ServiceUnavailable"),
@@ -120,21 +116,28 @@ def api_error(status: int, reason: str = "", headers: dict[str, str] | None = No
         (api_error(403, "Forbidden"), False, "Forbidden"),
         (api_error(422, "Invalid"), False, "Invalid"),
         (api_error(401, "Unauthorized"), False, "Unauthorized"),
-        (
-            urllib3.exceptions.ReadTimeoutError(cast(Any, None), "/", "read timed out"),
-            True,
-            "Timeout",
-        ),
-        (ConnectionRefusedError("refused"), True, "Unreachable"),
+        (classify(TimeoutError()), True, "Timeout"),
+        (classify(aiohttp.ServerTimeoutError("read timed out")), True, "Timeout"),
+        (classify(aiohttp.ServerDisconnectedError()), True, "Unreachable"),
+        (classify(ConnectionRefusedError("refused")), True, "Unreachable"),
+        (classify(ValueError("a bug")), False, "ClientError"),
     ],
 )
-def test_errors_are_told_apart(exc: Exception, temporary: bool, reason: str) -> None:
-    error = classify(exc)
+def test_errors_are_told_apart(error: BackendError, temporary: bool, reason: str) -> None:
     assert (error.temporary, error.reason) == (temporary, reason)
 
 
+def test_a_terminating_namespace_is_waited_for() -> None:
+    body = (
+        b'{"kind": "Status", "reason": "Forbidden", "message": "m", '
+        b'"details": {"causes": [{"reason": "NamespaceTerminating"}]}}'
+    )
+    error = status_error(403, body, {})
+    assert (error.temporary, error.reason) == (True, "NamespaceTerminating")
+
+
 def test_retry_after_is_kept() -> None:
-    assert classify(api_error(429, "TooManyRequests", {"Retry-After": "2"})).retry_after == 2.0
+    assert api_error(429, "TooManyRequests", {"Retry-After": "2"}).retry_after == 2.0
 
 
 def test_backoff_doubles_up_to_the_cap_and_permanent_errors_wait_longest() -> None:
