@@ -17,6 +17,7 @@ draft as the package's own ``validate()``.
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.resources
 import json
@@ -289,6 +290,54 @@ def _kind_causes(rt: ResourceType, obj: dict[str, Any]) -> list[dict[str, str]]:
     return causes
 
 
+# Objects whose schema checks passed, by kind and shape (see _shape_key): tenants'
+# objects differ only in names and label values, which the schemas type as plain
+# strings, so a shape seen valid once need not be walked again. This keeps the fake's
+# own CPU work per request small, so its latency model is not skewed by concurrent
+# requests queuing for one interpreter (a real API server validates on many cores).
+_VALID_SHAPES: collections.OrderedDict[str, None] = collections.OrderedDict()
+_VALID_SHAPES_MAX = 4096
+_VALID_SHAPES_LOCK = threading.Lock()
+_PLAIN_STRING_META = frozenset(
+    {"name", "namespace", "generateName", "uid", "resourceVersion", "creationTimestamp"}
+)
+
+
+def _shape_key(rt: ResourceType, obj: dict[str, Any], status_write: bool) -> str:
+    """The object with metadata strings and string maps reduced to their types."""
+    meta = obj.get("metadata")
+    shape: dict[str, Any] = {}
+    if isinstance(meta, dict):
+        for key, value in meta.items():
+            if key in _PLAIN_STRING_META and isinstance(value, str):
+                shape[key] = "<string>"
+            elif (
+                key in ("labels", "annotations")
+                and isinstance(value, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            ):
+                shape[key] = "<map of strings>"
+            else:
+                shape[key] = value
+    rest = _names_reduced({k: v for k, v in obj.items() if k != "metadata"})
+    return json.dumps(
+        [rt.kind, status_write, meta is None, shape, rest], sort_keys=True, default=str
+    )
+
+
+def _names_reduced(value: Any) -> Any:
+    """``value`` with every string under a ``name`` key (subjects, refs) reduced to its
+    type: the schemas type those as plain strings."""
+    if isinstance(value, dict):
+        return {
+            k: "<string>" if k == "name" and isinstance(v, str) else _names_reduced(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_names_reduced(v) for v in value]
+    return value
+
+
 def validate_object(rt: ResourceType, obj: dict[str, Any], *, status_write: bool = False) -> None:
     """Validate an object about to be stored.
 
@@ -304,12 +353,21 @@ def validate_object(rt: ResourceType, obj: dict[str, Any], *, status_write: bool
     """
     meta = obj.get("metadata") or {}
     name = str(meta.get("name") or "")
-    causes = _schema_causes(rt, obj)
+    shape = _shape_key(rt, obj, status_write)
+    with _VALID_SHAPES_LOCK:
+        known_valid = shape in _VALID_SHAPES
+    causes = [] if known_valid else _schema_causes(rt, obj)
     if not causes:
         # The deeper checks assume the shapes the schema guarantees.
-        schema = _schema_file(_schema_name(rt))
-        checked = obj if status_write else {k: v for k, v in obj.items() if k != "status"}
-        causes.extend(_quantity_causes(schema, checked, []))
+        if not known_valid:
+            schema = _schema_file(_schema_name(rt))
+            checked = obj if status_write else {k: v for k, v in obj.items() if k != "status"}
+            causes.extend(_quantity_causes(schema, checked, []))
+            if not causes:
+                with _VALID_SHAPES_LOCK:
+                    _VALID_SHAPES[shape] = None
+                    if len(_VALID_SHAPES) > _VALID_SHAPES_MAX:
+                        _VALID_SHAPES.popitem(last=False)
         causes.extend(_name_causes(rt, name))
         causes.extend(_label_causes(meta.get("labels")))
         causes.extend(_kind_causes(rt, obj))
