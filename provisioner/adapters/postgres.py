@@ -34,10 +34,6 @@ from provisioner.domain.model import (
 
 # The role organization-scoped work runs as: row-level security applies to it.
 TENANT_ROLE = "agentready_provisioner"
-# First half of the two-key advisory locks that serialize work on one tenant.
-_TENANT_LOCK_CLASS = int.from_bytes(
-    hashlib.sha256(b"agentready:provisioner:tenant").digest()[:4], "big", signed=True
-)
 
 _COLUMNS = (
     "organization, owners, quota, labels, generation, state, backend, observed_generation, "
@@ -59,10 +55,11 @@ async def org_transaction(
         yield conn
 
 
-def tenant_lock_key(organization: str) -> tuple[int, int]:
-    """The advisory lock (class, object) of one tenant."""
-    digest = hashlib.sha256(organization.encode()).digest()
-    return _TENANT_LOCK_CLASS, int.from_bytes(digest[:4], "big", signed=True)
+def tenant_lock_key(organization: str) -> int:
+    """The advisory lock of one tenant: 64 bits of SHA-256 (a 32-bit key could be made
+    to collide with another tenant's by choosing a slug)."""
+    digest = hashlib.sha256(f"agentready:provisioner:tenant:{organization}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class TenantSession:
@@ -101,11 +98,11 @@ class TenantSession:
                 self._unsure = True
                 self.locked = bool(
                     await self.conn.fetchval(
-                        "SELECT pg_try_advisory_lock($3, $4), "
+                        "SELECT pg_try_advisory_lock($3), "
                         "set_config('role', $1, true), set_config('app.org_id', $2, true)",
                         TENANT_ROLE,
                         self.organization,
-                        *self._key,
+                        self._key,
                     )
                 )
                 self._unsure = False
@@ -120,7 +117,7 @@ class TenantSession:
         if self.locked:
             return
         self._unsure = True
-        await self.conn.execute("SELECT pg_advisory_lock($1, $2)", *self._key)
+        await self.conn.execute("SELECT pg_advisory_lock($1)", self._key)
         self.locked, self._unsure = True, False
 
     async def _end(self) -> None:
@@ -129,7 +126,7 @@ class TenantSession:
             return
         if self.locked:
             try:
-                await self.conn.execute("SELECT pg_advisory_unlock($1, $2)", *self._key)
+                await self.conn.execute("SELECT pg_advisory_unlock($1)", self._key)
             except BaseException:
                 self.conn.terminate()
                 raise

@@ -105,6 +105,21 @@ class Tenants:
         self.backend = backend
         self.timing = timing
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gates: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def _session(self, organization: str) -> AsyncIterator[pg.TenantSession]:
+        """A tenant session, one per tenant at a time in this process: callers of the
+        same tenant queue here, without a pooled connection, so a burst of calls for
+        one tenant cannot take the pool from the others (at most one connection per
+        tenant and replica waits on the tenant's advisory lock)."""
+        gate = self._gates.setdefault(organization, asyncio.Lock())
+        try:
+            async with gate, pg.tenant_session(self.pool, organization) as session:
+                yield session
+        finally:
+            if not gate.locked() and self._gates.get(organization) is gate:
+                del self._gates[organization]
 
     # -- transactions and locks ----------------------------------------------------------
 
@@ -204,7 +219,7 @@ class Tenants:
         Raises:
             FailedPrecondition: DELETING or DELETED, or a quota other than the current one.
         """
-        async with pg.tenant_session(self.pool, organization) as session:
+        async with self._session(organization) as session:
             async with session.transaction() as conn:
                 replayed = await self._replay(conn, organization, request)
                 env = await pg.create(
@@ -258,7 +273,7 @@ class Tenants:
         Raises:
             NotFound, Aborted (etag), FailedPrecondition (DELETING or DELETED).
         """
-        async with pg.tenant_session(self.pool, organization) as session:
+        async with self._session(organization) as session:
             async with session.transaction() as conn:
                 env = await pg.load(conn, organization, for_update=True)
                 if env is None:
@@ -294,7 +309,7 @@ class Tenants:
         Raises:
             NotFound, Aborted (etag).
         """
-        async with pg.tenant_session(self.pool, organization) as session:
+        async with self._session(organization) as session:
             async with session.transaction() as conn:
                 env = await pg.load(conn, organization, for_update=True)
                 if env is None:
@@ -310,7 +325,7 @@ class Tenants:
 
     async def reconcile(self, organization: str) -> Environment:
         """Converges now; NOT_FOUND, or FAILED_PRECONDITION when DELETED."""
-        async with pg.tenant_session(self.pool, organization) as session:
+        async with self._session(organization) as session:
             env = await self._load_locked(session)
             if env.state is State.DELETED:
                 raise FailedPrecondition(
@@ -332,7 +347,7 @@ class Tenants:
             only_if_due: skip unless the environment is still due once the lock is held
                 (the loop: another replica or an RPC may have just converged it).
         """
-        async with pg.tenant_session(self.pool, organization) as session:
+        async with self._session(organization) as session:
             env = await self._load_locked(session)
             if (
                 only_if_due
