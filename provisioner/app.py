@@ -18,6 +18,8 @@ from agentready.provisioner.v1 import provisioner_service_pb2, provisioner_servi
 from provisioner.adapters.backend import Backend
 from provisioner.adapters.gitops import GitOpsBackend
 from provisioner.adapters.kubernetes import KubernetesBackend
+from provisioner.domain.model import Quota
+from provisioner.domain.quantity import QuantityError, parse_quantity
 from provisioner.entrypoints.grpc_api import ProvisionerServiceServicer
 from provisioner.service_layer.loop import ReconcileLoop
 from provisioner.service_layer.tenants import Tenants, Timing
@@ -117,6 +119,16 @@ SETTINGS = {
         lo=1,
         hi=256,
     ),
+    "PROVISIONER_MAX_QUOTA_CPU": ExtraSetting(
+        "64",
+        "Largest CPU quota a tenant may give itself; above it only an operator may set it.",
+    ),
+    "PROVISIONER_MAX_QUOTA_MEMORY": ExtraSetting(
+        "256Gi", "Largest memory quota a tenant may give itself (operators may go above)."
+    ),
+    "PROVISIONER_MAX_QUOTA_STORAGE": ExtraSetting(
+        "1Ti", "Largest storage quota a tenant may give itself (operators may go above)."
+    ),
     "PROVISIONER_LEADER_LOCK": ExtraSetting(
         "agentready:provisioner:leader",
         "Name of the PostgreSQL advisory lock the reconcile leader holds; replicas "
@@ -152,6 +164,23 @@ def choose_backend(extra: Mapping[str, Any]) -> str:
             "PROVISIONER_BACKEND=kubernetes needs KUBECONFIG or in-cluster credentials"
         )
     return wanted
+
+
+def max_quota(extra: Mapping[str, Any]) -> Quota:
+    """The platform's maximum tenant quota, from the settings.
+
+    Raises:
+        SettingsError: a value is not a Kubernetes quantity.
+    """
+    values = {}
+    for field in ("cpu", "memory", "storage"):
+        name = f"PROVISIONER_MAX_QUOTA_{field.upper()}"
+        try:
+            parse_quantity(str(extra[name]))
+        except QuantityError as exc:
+            raise SettingsError(f"{name}={extra[name]!r}: {exc}") from None
+        values[field] = str(extra[name])
+    return Quota(**values)
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -196,7 +225,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         tick=min(interval, 1.0, timing.delete_poll),
         concurrency=extra["PROVISIONER_RECONCILE_CONCURRENCY"],
     )
-    servicer = ProvisionerServiceServicer(tenants)
+    servicer = ProvisionerServiceServicer(tenants, max_quota=max_quota(extra))
     provisioner_service_pb2_grpc.add_ProvisionerServiceServicer_to_server(servicer, server)
     log.info("provisioner backend: %s", backend.kind.value)
     resources.parts["reconcile_loop"] = loop

@@ -55,6 +55,16 @@ class Backend(abc.ABC):
             BackendError: it cannot be told right now.
         """
 
+    async def check_claim(self, spec: TenantSpec) -> None:
+        """Checks that the environment's namespace is ours to use: absent, or carrying
+        our labels for this organization (never someone else's, taken over).
+
+        Raises:
+            BackendError: reason ``NamespaceNotOurs`` (permanent) when it is not, or a
+                temporary error when it cannot be told right now.
+        """
+        del spec  # a backend whose objects are all its own has nothing to check
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Releases connections and threads."""

@@ -293,10 +293,36 @@ class KubernetesBackend(Backend):
             if isinstance(result, BaseException):
                 raise result
 
+    @staticmethod
+    def _ours(spec: TenantSpec, ns: Any) -> bool:
+        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
+        return bool(
+            labels.get(manifests.MANAGED_BY_LABEL) == manifests.MANAGER
+            and labels.get(manifests.ORGANIZATION_LABEL) == spec.organization
+        )
+
+    async def check_claim(self, spec: TenantSpec) -> None:
+        found = await self._call("GET", _namespace_path(spec), accept=(404,))
+        if found is not None and not self._ours(spec, found):
+            raise BackendError(
+                f"namespace {spec.namespace} exists and was not created by the Provisioner "
+                f"for {spec.organization!r}; an operator must label it "
+                f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGER} and "
+                f"{manifests.ORGANIZATION_LABEL}={spec.organization} to hand it over",
+                temporary=False,
+                reason="NamespaceNotOurs",
+            )
+
     async def delete(self, spec: TenantSpec) -> None:
+        found = await self._call("GET", _namespace_path(spec), accept=(404,))
+        if found is not None and not self._ours(spec, found):
+            # Never delete what we did not create (or no longer own).
+            log.warning("not deleting namespace %s: it does not carry our labels", spec.namespace)
+            return
         # 404: already gone; 409: already terminating.
         await self._call("DELETE", _namespace_path(spec), accept=(404, 409))
 
     async def gone(self, spec: TenantSpec) -> bool:
         found = await self._call("GET", _namespace_path(spec), accept=(404,))
-        return found is None
+        # A namespace that is not ours is not the environment's: ours is gone.
+        return found is None or not self._ours(spec, found)

@@ -15,9 +15,10 @@ from provisioner.domain.checks import (
     check_quantity,
 )
 from provisioner.domain.model import QUOTA_FIELDS, Quota
+from provisioner.domain.quantity import parse_quantity
 from provisioner.entrypoints import convert
 from provisioner.service_layer.tenants import Tenants
-from servicekit.errors import FieldViolation, InvalidArgument
+from servicekit.errors import FieldViolation, InvalidArgument, PermissionDenied
 from servicekit.pagination import decode_token, next_page, page_size
 from servicekit.requests import (
     check_organization,
@@ -26,7 +27,7 @@ from servicekit.requests import (
     raise_if_invalid,
     request_key,
 )
-from servicekit.rpc import authorize, authorize_operator
+from servicekit.rpc import authorize, authorize_operator, current_principal
 
 READ, WRITE = "provisioner:read", "provisioner:write"
 DEFAULT_PAGE_SIZE = 50
@@ -41,11 +42,36 @@ def _quota_violations(
     return out
 
 
+def check_quota_maximum(requested: dict[str, str], maximum: Quota) -> None:
+    """Quotas above the platform's maximum are an operator's call, not a tenant's.
+
+    Raises:
+        PermissionDenied: reason QUOTA_ABOVE_MAXIMUM, for a caller that is not an
+            operator or platform service.
+    """
+    if current_principal().is_platform:
+        return
+    above = [
+        name
+        for name, value in requested.items()
+        if value and parse_quantity(value) > parse_quantity(getattr(maximum, name))
+    ]
+    if above:
+        raise PermissionDenied(
+            "quota above the platform's maximum ("
+            + ", ".join(f"{n} {getattr(maximum, n)}" for n in above)
+            + "); an operator must set it",
+            reason="QUOTA_ABOVE_MAXIMUM",
+            metadata={n: getattr(maximum, n) for n in above},
+        )
+
+
 class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerServiceServicer):
     """ProvisionerService over gRPC."""
 
-    def __init__(self, tenants: Tenants) -> None:
+    def __init__(self, tenants: Tenants, *, max_quota: Quota | None = None) -> None:
         self._tenants = tenants
+        self._max_quota = max_quota or Quota(cpu="64", memory="256Gi", storage="1Ti")
 
     async def ProvisionTenant(
         self, request: pb.ProvisionTenantRequest, context: Any
@@ -61,6 +87,7 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
         )
         owners = list(dict.fromkeys(request.owners))  # duplicates bind once
         quota = Quota.with_defaults(request.quota.cpu, request.quota.memory, request.quota.storage)
+        check_quota_maximum(quota.to_json(), self._max_quota)
         env = await self._tenants.provision(
             request.organization,
             owners=owners,
@@ -126,6 +153,7 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
             fields = tuple(p for p in QUOTA_FIELDS if p in paths)
         violations += _quota_violations(request.quota, fields)
         raise_if_invalid(violations)
+        check_quota_maximum({f: getattr(request.quota, f) for f in fields}, self._max_quota)
         env = await self._tenants.update_quota(
             request.organization,
             fields={f: getattr(request.quota, f) for f in fields},

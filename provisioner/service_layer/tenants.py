@@ -43,6 +43,7 @@ from provisioner.domain.model import (
     Quota,
     QuotaChange,
     State,
+    TenantSpec,
     conditions_after,
     error_summary,
     state_after,
@@ -217,8 +218,10 @@ class Tenants:
         """Records the desired environment (or the new owners and labels) and converges.
 
         Raises:
-            FailedPrecondition: DELETING or DELETED, or a quota other than the current one.
+            FailedPrecondition: DELETING or DELETED, a quota other than the current one,
+                or a namespace of that name that is not ours (nothing is recorded).
         """
+        await self._check_claim(TenantSpec(organization, tuple(owners), quota, labels))
         async with self._session(organization) as session:
             async with session.transaction() as conn:
                 replayed = await self._replay(conn, organization, request)
@@ -257,6 +260,19 @@ class Tenants:
                             due_in=self.timing.grace,
                         )
             return await self._converge_locked(session, env)
+
+    async def _check_claim(self, spec: TenantSpec) -> None:
+        try:
+            await self.backend.check_claim(spec)
+        except BackendError as exc:
+            if exc.reason != "NamespaceNotOurs":
+                return  # cannot tell now: the desired state is recorded, converge reports
+            raise FailedPrecondition(
+                str(exc),
+                reason="NAMESPACE_NOT_OURS",
+                violations=[FieldViolation("organization", f"{spec.namespace} is not ours")],
+                metadata={"organization": spec.organization, "namespace": spec.namespace},
+            ) from None
 
     async def update_quota(
         self,

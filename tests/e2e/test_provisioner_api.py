@@ -188,17 +188,22 @@ async def test_namespace_first_guards_concurrently_isolation_label_last(
     api: Caller, kube: FakeKubeServer
 ) -> None:
     ns = f"org-{api.org}"
-    kube.set_latency(0.02, namespaces=0.05)
+    # The four guard writes must all be in flight together for this to fill.
+    together = kube.inject_rendezvous(4, method="PATCH", path=f"/namespaces/{ns}/", timeout=30)
     await api.provision()
-    calls = [r for r in kube.requests() if r.namespace == ns or r.name == ns]
-    first, *guards, last = calls
+    writes = [
+        r for r in kube.requests() if (r.namespace == ns or r.name == ns) and r.method != "GET"
+    ]
+    first, *guards, last = writes
     assert (first.resource, first.status) == ("namespaces", 201)
     assert sorted(r.resource for r in guards) == sorted(GUARDS)
     assert (last.resource, last.method, last.status) == ("namespaces", "PATCH", 200)
-    # The guards overlap in time (concurrent), and the label comes after all of them.
-    assert max(r.started for r in guards) < min(r.finished for r in guards)
-    assert last.started >= max(r.finished for r in guards)
+    # Concurrent: the guards met at the rendezvous. Ordered: each guard was sent after
+    # the namespace's answer, the label after every guard's (causal, not timed).
+    assert together.hits == 4
+    assert not together.broken
     assert all(r.started >= first.finished for r in guards)
+    assert last.started >= max(r.finished for r in guards)
 
 
 async def test_reprovisioning_changes_nothing(api: Caller, kube: FakeKubeServer) -> None:

@@ -61,7 +61,7 @@ def test_input_checks_name_the_field() -> None:
     assert [v.field for v in check_organization("-acme")] == ["organization"]
     assert [v.field for v in check_owners([])] == ["owners"]
     assert [v.field for v in check_owners(["ok", " padded"])] == ["owners[1]"]
-    assert check_labels({"team": "ml", "example.com/tier": "gold", "empty": ""}) == []
+    assert check_labels({"team": "ml", "tenant.agentready.io/tier": "gold", "empty": ""}) == []
     bad = check_labels(
         {
             "agentready.io/isolation-ready": "false",
@@ -69,6 +69,8 @@ def test_input_checks_name_the_field() -> None:
             "x.kubernetes.io/a": "b",
             "-bad": "v",
             "ok": "bad value",
+            "example.com/tier": "gold",
+            "istio-injection": "enabled",
         }
     )
     assert {v.field for v in bad} == {
@@ -77,6 +79,8 @@ def test_input_checks_name_the_field() -> None:
         "labels[x.kubernetes.io/a]",
         "labels[-bad]",
         "labels[ok]",
+        "labels[example.com/tier]",
+        "labels[istio-injection]",
     }
     assert [v.field for v in check_labels({f"k{i}": "v" for i in range(33)})] == ["labels"]
 
