@@ -100,7 +100,7 @@ def test_tenant_lock_keys_use_64_bits() -> None:
 
 def kube_call(kube: FakeKubeServer, method: str, path: str, body: Any = None) -> Any:
     """A raw request to the fake API, as someone else in the cluster would make it."""
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - the fake's http:// on loopback
         f"{kube.url}{path}",
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
