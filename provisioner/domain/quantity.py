@@ -9,8 +9,8 @@ from decimal import Decimal, InvalidOperation
 # then a binary-SI suffix, a decimal-SI suffix or a decimal exponent. Quota values are
 # never negative, so no sign is accepted.
 _QUANTITY = re.compile(
-    r"^(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+    r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?"
 )
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
@@ -43,7 +43,7 @@ def parse_quantity(text: str) -> Decimal:
     """
     if len(text) > MAX_LENGTH:
         raise QuantityError(f"longer than {MAX_LENGTH} characters")
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if match is None:
         raise QuantityError(
             f"{text!r} is not a Kubernetes quantity (e.g. '10', '500m', '20Gi', '1e3')"

@@ -55,3 +55,11 @@ def test_redaction_keeps_what_helps_debugging() -> None:
         "postgresql://app:***@db:5432/main?sslmode=require"
     )
     assert redact_url("postgresql://db/main") == "postgresql://db/main"
+
+
+def test_a_trailing_newline_is_no_quantity() -> None:
+    from provisioner.domain.quantity import QuantityError, parse_quantity
+
+    assert parse_quantity("10Gi") == parse_quantity("10240Mi")
+    with pytest.raises(QuantityError):
+        parse_quantity("10Gi\n")
