@@ -35,7 +35,12 @@ GROUPS = {
 
 def manifests() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
-    return [yaml.safe_load((BASE / name).read_text()) for name in kustomization["resources"]]
+    return [
+        document
+        for name in kustomization["resources"]
+        for document in yaml.safe_load_all((BASE / name).read_text())
+        if document
+    ]
 
 
 def cluster_role() -> dict[str, Any]:
@@ -118,7 +123,16 @@ def test_the_manifests_are_valid_and_bound_together() -> None:
     for obj in objects:
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
     by_kind = {o["kind"]: o for o in objects}
-    assert set(by_kind) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    assert set(by_kind) == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+    policy_binding = by_kind["ValidatingAdmissionPolicyBinding"]["spec"]
+    assert policy_binding["policyName"] == by_kind["ValidatingAdmissionPolicy"]["metadata"]["name"]
+    assert policy_binding["validationActions"] == ["Deny"]
     binding = by_kind["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == by_kind["ClusterRole"]["metadata"]["name"]
     assert binding["subjects"] == [
@@ -142,6 +156,8 @@ def test_the_kustomization_renders() -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     for obj in rendered:
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
