@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import celpy
-from celpy.adapter import json_to_cel
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
+from celpy.adapter import json_to_cel
 
 from provisioner.domain import manifests
 from provisioner.domain.model import Quota, TenantSpec
