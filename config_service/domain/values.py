@@ -119,6 +119,23 @@ def check_name(name: str, field: str) -> list[FieldViolation]:
     return []
 
 
+# JSON nesting a value may have: every level is two protobuf message levels on the wire
+# (Value, then Struct or ListValue), inside the envelopes of WatchConfigResponse and its
+# entry; 32 keeps every message under the protobuf recursion limit of 100 that C++ and
+# Java clients apply by default.
+MAX_JSON_DEPTH = 32
+
+
+class _TooDeep:
+    """Stands for a JSON value nested deeper than :data:`MAX_JSON_DEPTH` (it is never
+    converted, so converting cannot exhaust the stack)."""
+
+    def __repr__(self) -> str:
+        return "<JSON nested too deep>"
+
+
+TOO_DEEP: Any = _TooDeep()
+
 _NUL = "\x00"
 _NUL_MESSAGE = "must not contain NUL (U+0000) characters"
 
@@ -129,6 +146,8 @@ def _check_text(text: str, field: str) -> list[FieldViolation]:
 
 
 def _check_json(data: Any, field: str) -> list[FieldViolation]:
+    if data is TOO_DEEP:
+        return [FieldViolation(field, f"nested deeper than {MAX_JSON_DEPTH} levels")]
     if isinstance(data, float) and not math.isfinite(data):
         return [FieldViolation(field, "NaN and infinities are not JSON")]
     if isinstance(data, str):

@@ -11,7 +11,14 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from config_service.domain.model import SET, Change, Entry, Event, etag
 from config_service.domain.schema import KeySchema, ServiceSchema, StoredSchema
-from config_service.domain.values import ConfigValue, FeatureFlag, FlagVariant, ValueType
+from config_service.domain.values import (
+    MAX_JSON_DEPTH,
+    TOO_DEEP,
+    ConfigValue,
+    FeatureFlag,
+    FlagVariant,
+    ValueType,
+)
 
 _TYPES = {
     ValueType.STRING: config_pb2.VALUE_TYPE_STRING,
@@ -33,7 +40,25 @@ _KINDS = {
 _FIELDS = {v: k for k, v in _KINDS.items()}
 
 
+def json_depth(message: struct_pb2.Value) -> int:
+    """Nesting depth of a JSON value (a scalar is 1), without recursion."""
+    deepest, todo = 0, [(message, 1)]
+    while todo:
+        value, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value":
+            todo.extend((v, depth + 1) for v in value.struct_value.fields.values())
+        elif kind == "list_value":
+            todo.extend((v, depth + 1) for v in value.list_value.values)
+    return deepest
+
+
 def _json(message: struct_pb2.Value) -> Any:
+    if json_depth(message) > MAX_JSON_DEPTH:
+        return TOO_DEEP
     return json_format.MessageToDict(message)
 
 
