@@ -415,7 +415,7 @@ def first_steps(env: Mapping[str, str]) -> list[str]:
         f'{grpcurl} -d \'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}", '
         f'"organization": "ORG"}}\' {tenant} agentready.tenant.v1.TenantService/Login'
         " | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)"
-        '["tokens"]["accessToken"])\''
+        '["tokens"]["access_token"])\''
     )
     return [
         "# Sign up, log in, create an organization (provisioned end to end):",

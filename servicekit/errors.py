@@ -167,10 +167,21 @@ class ResourceExhausted(AgentReadyError):
 
 
 class Unavailable(AgentReadyError):
-    """A dependency is down; the call may be retried."""
+    """A dependency is down; the call may be retried after ``retry_after_seconds``."""
 
     code_name = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float = 1.0,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Internal(AgentReadyError):

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
+import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -97,6 +98,30 @@ def authorize_operator(scope: str) -> str:
     principal = current_principal()
     principal.require_operator(scope)
     return principal.subject
+
+
+# Errors that say "the database cannot be reached right now", not "this call is wrong".
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
+    asyncpg.AdminShutdownError,  # 57P01
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.TooManyConnectionsError,  # 53300
+    asyncpg.ReadOnlySQLTransactionError,  # 25006: a standby, during a switchover
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing"
+    ConnectionError,
+    TimeoutError,  # a pool that could not hand out a connection in time
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database was unreachable (retry), not a bug."""
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc) or "connection" in str(exc)
+    return isinstance(exc, _CONNECTION_ERRORS) or (
+        isinstance(exc, OSError) and exc.errno is not None
+    )
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -179,7 +204,7 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                 )
             )
         )
-    if isinstance(error, errors.ResourceExhausted):
+    if isinstance(error, errors.ResourceExhausted | errors.Unavailable):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
@@ -370,6 +395,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             raise exc  # CancelledError, KeyboardInterrupt, SystemExit: not ours to map
         if isinstance(exc, errors.AgentReadyError):
             error = exc
+        elif is_connection_error(exc):
+            # The database is restarting or failing over (or briefly unreachable): the
+            # call did not happen or will be recognized by its request_id, so the
+            # client may retry it safely.
+            log.warning("%s: database unavailable: %s", call.full_method, exc)
+            error = errors.Unavailable(
+                "the database is briefly unavailable; retry (with the same request_id)",
+                reason="DATABASE_UNAVAILABLE",
+                retry_after_seconds=0.5,
+            )
         elif isinstance(exc, NotImplementedError):
             error = errors.Unimplemented(f"{call.method} is not implemented yet")
         else:
