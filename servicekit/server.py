@@ -280,8 +280,10 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         if settings.metrics_port is not None:
             metrics = serve_metrics(settings.metrics_port)
         await server.start()
-        if spec.name == "config":
-            platform.target = f"127.0.0.1:{port}"  # ConfigService watches itself
+        if spec.name == "config":  # ConfigService watches itself, where it listens
+            host = settings.grpc_host
+            wildcard = host in ("", "[::]", "::", "0.0.0.0")
+            platform.target = f"{'127.0.0.1' if wildcard else host}:{port}"
         await platform.start()
         for started in resources.started_hooks:
             await started(port)
