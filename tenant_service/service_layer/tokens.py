@@ -286,8 +286,10 @@ class Throttle:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key in keys.values():
+                    # The window starts at the first failure (SET NX, not EXPIRE NX,
+                    # which Redis before 7 lacks).
+                    pipe.set(key, 0, ex=max(1, int(self._window)), nx=True)
                     pipe.incr(key)
-                    pipe.expire(key, int(self._window) or 1, nx=True)
                 await pipe.execute()
         except (RedisError, OSError):
             THROTTLE_FALLBACKS.inc()

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from agentready.tenant.v1 import tenant_pb2 as pb
 
 from provisioner.app import SPEC as PROVISIONER
-from servicekit.devstack import free_port, scratch_database
+from servicekit.devstack import EmbeddedRedis, free_port, scratch_database
 from servicekit.server import RunningServer, start
 from servicekit.settings import load_settings
 from tenant_service.app import SPEC as TENANT
-from tests.e2e.tenant_support import Code, TenantApi, eventually, rpc_error
+from tests.e2e.tenant_support import Code, TenantApi, eventually, new_email, rpc_error
 from tests.e2e.watching import Replica
+from tests.rpcerrors import error_info
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +168,31 @@ async def test_two_replicas_serve_the_same_users_and_revocations(
     finally:
         await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
         await provisioner.stop()
+
+
+async def test_repeated_failures_are_throttled_per_client_address(
+    saga_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Many emails tried from one address: refused once the address's failures reach
+    the limit, even for a right password (counters in a Redis of the test's own)."""
+    redis = EmbeddedRedis(tmp_path / "redis")
+    url = redis.start()
+    env = {**saga_env, "REDIS_URL": url, "TENANT_LOGIN_MAX_FAILURES_PER_CLIENT": "3"}
+    server = await start(TENANT, load_settings("tenant", env, extra=TENANT.extra_settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            api = TenantApi(channel)
+            person = await api.signup()
+            for _ in range(3):
+                await rpc_error(
+                    api.stub.Login(
+                        pb.LoginRequest(email=new_email(), password="whatever it is"), timeout=10
+                    ),
+                    Code.UNAUTHENTICATED,
+                )
+            err = await rpc_error(api.login(person), Code.RESOURCE_EXHAUSTED)
+            assert error_info(err).reason == "TOO_MANY_LOGIN_FAILURES"
+            assert error_info(err).metadata["limit"] == "client"
+    finally:
+        await server.stop()
+        redis.stop()
