@@ -206,7 +206,7 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         raise
     verifier = build_verifier(settings)
     redis = connect_redis(settings.redis_url)
-    revocations = RevocationList(redis)
+    revocations = RevocationList(redis, prefix=settings.redis_prefix)
     streams = StreamGuards(
         per_token=settings.max_streams_per_token,
         per_organization=settings.max_streams_per_organization,
@@ -239,7 +239,7 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
             ServerInterceptor(
                 verifier=verifier,
                 public_methods=spec.public_methods,
-                rate_limiter=RateLimiter(redis, platform.rate_limit),
+                rate_limiter=RateLimiter(redis, platform.rate_limit, prefix=settings.redis_prefix),
                 streams=streams,
             )
         ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Settings:
     grpc_reflection: bool = True
     max_streams_per_token: int = 1000
     max_streams_per_organization: int = 10000
+    redis_prefix: str = "agentready"
     # Service-specific settings, validated: name → int, float or str.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -87,6 +89,12 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "redis://127.0.0.1:6379/0",
         "Redis URL (`redis://`, `rediss://` for TLS, or `unix://`); a password or ACL user "
         "goes in it (`redis://user:password@host:6379/0`).",
+    ),
+    (
+        "REDIS_KEY_PREFIX",
+        "agentready",
+        "Prefix of every Redis key the servers share (token revocations, rate-limit and "
+        "sign-in counters); suites sharing one Redis need different prefixes.",
     ),
     ("GRPC_HOST", "[::]", "Address the gRPC server binds."),
     (
@@ -389,12 +397,22 @@ def load_settings(
         tls_client_ca_file=tls["TLS_CLIENT_CA_FILE"],
         tls_ca_file=tls["TLS_CA_FILE"],
         grpc_reflection=read.choice("GRPC_REFLECTION", "on", ("on", "off"), upper=False) == "on",
+        redis_prefix=_redis_prefix(read),
         max_streams_per_token=read.integer("MAX_STREAMS_PER_TOKEN", 1000, lo=1, hi=10**7),
         max_streams_per_organization=read.integer(
             "MAX_STREAMS_PER_ORGANIZATION", 10000, lo=1, hi=10**7
         ),
         extra={name: _read_extra(read, name, spec) for name, spec in (extra or {}).items()},
     )
+
+
+def _redis_prefix(read: _Reader) -> str:
+    var, value = read.raw("REDIS_KEY_PREFIX")
+    if value is None:
+        return "agentready"
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
+        raise SettingsError(f"{var}={value!r}: 1-64 letters, digits or . _ : -")
+    return value
 
 
 TLS_FILES = ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "TLS_CA_FILE")

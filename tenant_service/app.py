@@ -148,7 +148,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
     except ValueError as exc:
         raise SettingsError(f"TENANT_SIGNING_KEY_FILE: {exc}") from None
     store = TenantStore(resources.pool)
-    revoker = Revoker(resources.redis, resources.revocations)
+    revoker = Revoker(resources.redis, resources.revocations, prefix=settings.redis_prefix)
     policy = TokenPolicy(
         access_ttl=dt.timedelta(seconds=extra["TENANT_ACCESS_TOKEN_TTL_SECONDS"]),
         refresh_ttl=dt.timedelta(seconds=extra["TENANT_REFRESH_TOKEN_TTL_SECONDS"]),
@@ -165,6 +165,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
             max_per_email=extra["TENANT_LOGIN_MAX_FAILURES_PER_EMAIL"],
             max_per_client=extra["TENANT_LOGIN_MAX_FAILURES_PER_CLIENT"],
             window=extra["TENANT_LOGIN_FAILURE_WINDOW_SECONDS"],
+            prefix=settings.redis_prefix,
         ),
         key=key,
         policy=policy,

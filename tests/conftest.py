@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def server_env(
     """Environment for a server under test: real stores, free ports, the test keys."""
     return {
         "TENANT_SIGNING_KEY_FILE": str(keys.signing_key_file),
+        # Redis is shared with earlier runs: this session's keys are its own.
+        "REDIS_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
         "PLATFORM_TOKEN_FILE": str(keys.platform_token_file),
         # Some tests open thousands of streams with one token; the caps have their own.
         "MAX_STREAMS_PER_TOKEN": "100000",
