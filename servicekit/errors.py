@@ -148,40 +148,33 @@ class PermissionDenied(AgentReadyError):
     default_reason = "PERMISSION_DENIED"
 
 
-class ResourceExhausted(AgentReadyError):
+class _RetryLaterError(AgentReadyError):
+    """An error that tells when to try again (``RetryInfo`` in the status)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float = 1.0,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ResourceExhausted(_RetryLaterError):
     """Over a rate limit or quota; retry after ``retry_after_seconds``."""
 
     code_name = "RESOURCE_EXHAUSTED"
     default_reason = "RATE_LIMITED"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after_seconds: float = 1.0,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after_seconds = retry_after_seconds
 
-
-class Unavailable(AgentReadyError):
+class Unavailable(_RetryLaterError):
     """A dependency is down; the call may be retried after ``retry_after_seconds``."""
 
     code_name = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after_seconds: float = 1.0,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after_seconds = retry_after_seconds
 
 
 class Internal(AgentReadyError):

@@ -204,7 +204,7 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                 )
             )
         )
-    if isinstance(error, errors.ResourceExhausted | errors.Unavailable):
+    if isinstance(error, errors.ResourceExhausted | errors.Unavailable):  # RetryInfo
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

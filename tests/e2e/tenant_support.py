@@ -3,17 +3,18 @@ up, logs them in and acts with their tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import pytest
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.tenant.v1 import tenant_pb2 as pb
 from agentready.tenant.v1 import tenant_service_pb2_grpc
+
+from tests.e2e.provisioner_support import eventually, rpc_error
+
+__all__ = ["eventually", "rpc_error"]
 
 if TYPE_CHECKING:
     from agentready.config.v1.config_service_pb2_grpc import ConfigServiceAsyncStub
@@ -35,28 +36,6 @@ def new_email() -> str:
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
-
-
-async def rpc_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    """The error ``call`` fails with, after checking its code."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, f"{info.value.code()}: {info.value.details()}"
-    return info.value
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 10.0
-) -> T:
-    """Polls ``probe`` until ``accept`` holds for its value; returns that value."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value: {value}")
-        await asyncio.sleep(0.02)
 
 
 @dataclasses.dataclass
