@@ -352,10 +352,14 @@ def run(args: argparse.Namespace) -> int:
             ),
             "PYTHONUNBUFFERED": "1",
         }
+        for name, _, _ in SERVICES:
+            # Ports of 0 ask each server for a free one; make run wants fixed ones.
+            env.setdefault(f"{name.upper()}_GRPC_PORT", str(DEFAULT_PORTS[name]))
+        # The servers call each other where make run puts them.
+        env.setdefault("TENANT_PROVISIONER_ADDRESS", f"127.0.0.1:{_port_of('provisioner', env)}")
+        env.setdefault("CONFIG_ADDRESS", f"127.0.0.1:{_port_of('config', env)}")
         try:
             for name, module, _ in SERVICES:
-                # Ports of 0 ask each server for a free one; make run wants fixed ones.
-                env.setdefault(f"{name.upper()}_GRPC_PORT", str(DEFAULT_PORTS[name]))
                 process = subprocess.Popen([sys.executable, "-m", module], env=env)
                 children.append((name, process))
             for name, process in children:
