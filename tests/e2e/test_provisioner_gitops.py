@@ -171,3 +171,10 @@ async def test_deprovisioning_removes_the_directory(api: Caller, gitops_dir: Pat
     assert env.last_error == ""
     assert not folder.exists()
     assert not [n for n in listing(gitops_dir) if api.org in n]
+
+
+async def test_deprovisioning_answers_deleting_first_as_the_contract_says(api: Caller) -> None:
+    await api.provision(["alice"])
+    answered = await api.deprovision()
+    assert state(answered) == "DELETING"
+    await eventually(api.get, lambda e: state(e) == "DELETED", timeout=10)
