@@ -82,8 +82,12 @@ class LeaderLock:
                 if self._held:
                     log.info("became the reconcile leader")
                 return self._held
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                self._lost(f"lock connection failed: {exc}")
+            except Exception as exc:
+                # Whatever went wrong on the lock connection (a terminated backend can
+                # also surface as an asyncpg client-state error), leadership is no
+                # longer certain: give it up and drop the connection, which releases
+                # the lock on the server if it still held it.
+                self._lost(f"lock connection failed: {exc!r}")
                 await self._drop()
         try:
             self._conn = await asyncpg.connect(
