@@ -227,24 +227,24 @@ class Hub:
     async def _catch_up(self, feed: _Feed) -> None:
         try:
             while feed.target > feed.revision and self._feeds.get(feed.organization) is feed:
+                upto = min(feed.target, feed.revision + self._batch)
                 async with self._store.transaction(feed.organization) as conn:
-                    # A notification is a hint, not a fact: confirm it against what is
-                    # committed, so a forged one (anyone who can PUBLISH on Redis) can
-                    # neither reset streams nor make the feed wait for revisions that
-                    # do not exist.
-                    committed, _ = await pg.read_revision(conn, feed.organization)
-                    if feed.target > committed:
-                        log.warning(
-                            "notified revision %d of %s is above the committed %d; ignored",
-                            feed.target,
-                            feed.organization,
-                            committed,
-                        )
-                        feed.target = committed
-                    upto = min(feed.target, feed.revision + self._batch)
-                    if upto <= feed.revision:
-                        break
                     changes = await pg.changes_between(conn, feed.organization, feed.revision, upto)
+                    if not changes or changes[-1].revision < upto:
+                        # Short of the target: a notification is a hint, not a fact.
+                        # Confirm it against what is committed (off the usual path),
+                        # so a forged one (anyone who can PUBLISH on Redis) neither
+                        # resets streams nor makes the feed wait for revisions that do
+                        # not exist.
+                        committed, _ = await pg.read_revision(conn, feed.organization)
+                        if committed < upto:
+                            log.warning(
+                                "notified revision %d of %s is above the committed %d; ignored",
+                                feed.target,
+                                feed.organization,
+                                committed,
+                            )
+                            feed.target = upto = max(committed, feed.revision)
                 metrics.FEED_FETCHES.inc()
                 expected = feed.revision + 1
                 for revision, group in itertools.groupby(changes, key=lambda c: c.revision):
