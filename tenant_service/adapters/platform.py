@@ -35,9 +35,10 @@ TEMPORARY = frozenset(
 class StepFailed(Exception):
     """A saga step failed; ``temporary`` says whether retrying may cure it."""
 
-    def __init__(self, message: str, *, temporary: bool) -> None:
+    def __init__(self, message: str, *, temporary: bool, code: grpc.StatusCode) -> None:
         super().__init__(message)
         self.temporary = temporary
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,9 @@ class Platform:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             raise StepFailed(
-                f"{code.name}: {exc.details() or ''}".strip(), temporary=code in TEMPORARY
+                f"{code.name}: {exc.details() or ''}".strip(),
+                temporary=code in TEMPORARY,
+                code=code,
             ) from None
 
     @staticmethod
@@ -112,7 +115,7 @@ class Platform:
                 provisioner_pb2.DeprovisionTenantRequest(organization=organization),
             )
         except StepFailed as exc:
-            if str(exc).startswith("NOT_FOUND"):
+            if exc.code == grpc.StatusCode.NOT_FOUND:
                 return Environment("GONE", "")
             raise
         return self._environment(env)
