@@ -41,11 +41,32 @@ def encode_token(position: Any, *, request: Any) -> str:
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
+# Encoded bytes a page may carry: well under the 4 MiB a default client accepts.
+MAX_PAGE_BYTES = 2 * 1024 * 1024
+
+
 def next_page(
-    items: Sequence[T], limit: int, position: Callable[[T], Any], *, request: Any
+    items: Sequence[T],
+    limit: int,
+    position: Callable[[T], Any],
+    *,
+    request: Any,
+    size: Callable[[T], int] | None = None,
 ) -> tuple[Sequence[T], str]:
     """Cuts a page from ``items``, read as ``limit + 1`` rows so that the extra one
-    tells whether more follow: (the page, the next page's token or "")."""
+    tells whether more follow: (the page, the next page's token or "").
+
+    With ``size`` (an item's encoded bytes), a page also ends before it would pass
+    :data:`MAX_PAGE_BYTES` (it always holds at least one item), so a default client
+    can receive it whatever the page size asked for.
+    """
+    if size is not None:
+        total = 0
+        for index, item in enumerate(items[:limit]):
+            total += size(item)
+            if total > MAX_PAGE_BYTES and index > 0:
+                page = items[:index]
+                return page, encode_token(position(page[-1]), request=request)
     if len(items) <= limit:
         return items, ""
     page = items[:limit]

@@ -511,7 +511,12 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
             request.organization, project_id=request.project, after=after, limit=limit + 1
         )
         page, token = next_page(
-            notes, limit, lambda n: [n.created_at.isoformat(), n.id], request=binding
+            notes,
+            limit,
+            lambda n: [n.created_at.isoformat(), n.id],
+            request=binding,
+            # A note holds up to 100,000 characters: pages are cut by bytes too.
+            size=lambda n: len(n.title.encode()) + len(n.body.encode()) + 256,
         )
         return tenant_pb2.ListNotesResponse(
             notes=[convert.note(n) for n in page], next_page_token=token

@@ -798,3 +798,40 @@ async def test_each_invalid_field_is_named_and_nothing_is_written(
         pb.ListMembersRequest(organization=org), metadata=owner.auth, timeout=10
     )
     assert [m.user_id for m in members.members] == [owner.id]
+
+
+async def test_pages_of_big_notes_stay_receivable_by_a_default_client(api: TenantApi) -> None:
+    """30 notes of 100,000 characters are 3 MB: a page of 1000 must still fit the 4 MiB
+    a default client accepts, and every note must come out over the pages."""
+    owner, org = await api.owner_of_new_org()
+    await api.stub.CreateProject(
+        pb.CreateProjectRequest(organization=org, project=pb.Project(id="big")),
+        metadata=owner.auth,
+        timeout=10,
+    )
+    created = set()
+    for i in range(30):
+        note = await api.stub.CreateNote(
+            pb.CreateNoteRequest(
+                organization=org, project="big", note=pb.Note(title=f"n{i}", body="é" * 100_000)
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        created.add(note.id)
+    seen: set[str] = set()
+    token, pages = "", 0
+    while True:
+        page = await api.stub.ListNotes(
+            pb.ListNotesRequest(organization=org, page_size=1000, page_token=token),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        assert page.ByteSize() < 4 * 1024 * 1024
+        seen |= {n.id for n in page.notes}
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == created
+    assert pages > 1
