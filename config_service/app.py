@@ -13,7 +13,7 @@ from config_service.entrypoints.convert import WatchMessages
 from config_service.entrypoints.grpc_api import ConfigServiceServicer
 from config_service.service_layer.hub import Hub
 from config_service.service_layer.maintenance import run_maintenance
-from config_service.service_layer.writes import ConfigWriter
+from config_service.service_layer.writes import ConfigWriter, Limits
 from servicekit.server import Resources, ServiceSpec
 from servicekit.settings import ExtraSetting
 
@@ -51,6 +51,23 @@ SETTINGS = {
         lo=0,
         hi=10**12,
     ),
+    "CONFIG_MAX_ORGANIZATION_KEYS": ExtraSetting(
+        "1000",
+        "Keys one organization may store (a write past it is refused with "
+        "`RESOURCE_EXHAUSTED`, reason `ORGANIZATION_KEY_LIMIT`).",
+        kind="int",
+        lo=1,
+        hi=1_000_000,
+    ),
+    "CONFIG_MAX_ORGANIZATION_BYTES": ExtraSetting(
+        "1048576",
+        "Bytes one organization may store, keys and values (reason "
+        "`ORGANIZATION_SIZE_LIMIT` past it). Snapshots larger than a message are split, "
+        "so raising it never breaks a watcher.",
+        kind="int",
+        lo=65536,
+        hi=1 << 34,
+    ),
     "CONFIG_COMPACT_INTERVAL_SECONDS": ExtraSetting(
         "300",
         "How often history is compacted.",
@@ -83,7 +100,10 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         hub.notify(organization, revision)  # local streams at once, Redis or not
         notifier.publish(organization, revision)
 
-    writer = ConfigWriter(store, committed)
+    limits = Limits(
+        keys=extra["CONFIG_MAX_ORGANIZATION_KEYS"], bytes=extra["CONFIG_MAX_ORGANIZATION_BYTES"]
+    )
+    writer = ConfigWriter(store, committed, limits)
     servicer = ConfigServiceServicer(store, writer, hub)
     config_service_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, server)
 

@@ -23,3 +23,15 @@ FALLBACK_MODE = Gauge(
 FEED_FETCHES = Counter(
     "config_feed_fetches_total", "History reads made to fan revisions out (one per batch)."
 )
+ORGANIZATION_KEYS = Gauge(
+    "config_organization_keys",
+    "Keys an organization stores (set by the replica that last wrote to it); the limit "
+    "is CONFIG_MAX_ORGANIZATION_KEYS.",
+    ["organization"],
+)
+ORGANIZATION_BYTES = Gauge(
+    "config_organization_bytes",
+    "Bytes an organization stores, names and values (set by the replica that last wrote "
+    "to it); the limit is CONFIG_MAX_ORGANIZATION_BYTES.",
+    ["organization"],
+)

@@ -155,10 +155,12 @@ class _RetryLaterError(AgentReadyError):
         self,
         message: str,
         *,
-        retry_after_seconds: float = 1.0,
+        retry_after_seconds: float | None = 1.0,
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        """``retry_after_seconds`` None: no ``RetryInfo``, since waiting will not help
+        (a limit of what is stored, as opposed to a rate)."""
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_seconds = retry_after_seconds
 

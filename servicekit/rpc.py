@@ -22,6 +22,7 @@ inside the handler:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -204,11 +205,23 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                 )
             )
         )
-    if isinstance(error, errors.ResourceExhausted | errors.Unavailable):  # RetryInfo
+    if (
+        isinstance(error, errors.ResourceExhausted | errors.Unavailable)
+        and error.retry_after_seconds is not None
+    ):  # RetryInfo
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def _close_quietly(generator: Any) -> None:
+    """Closes a stream handler's generator left suspended (its ``finally`` runs)."""
+    with contextlib.suppress(Exception):
+        await generator.aclose()
 
 
 class _Call:
@@ -297,6 +310,33 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def streaming(request: Any, context: Context) -> Any:
                 call = _Call(method, kind, needs_auth)
                 guard: Guard | None = None
+                result: Any = None
+                loop = asyncio.get_running_loop()
+                released = False
+
+                def end() -> None:
+                    # Runs once, from here or when the RPC terminates: a client that
+                    # goes while a message is being sent leaves this generator (and the
+                    # handler's) suspended at a yield that nothing resumes, so the RPC's
+                    # end, not the generator's, releases the stream and its guard.
+                    nonlocal released
+                    if released:
+                        return
+                    released = True
+                    if guard is not None and self._streams is not None:
+                        self._streams.close(guard)
+                    self._leave(call)
+                    if inspect.isasyncgen(result) and not result.ag_running:
+                        task = loop.create_task(_close_quietly(result))
+                        _CLOSING.add(task)  # held until done: the loop keeps only weak refs
+                        task.add_done_callback(_CLOSING.discard)
+
+                def terminated(ctx: Any) -> None:
+                    with contextlib.suppress(RuntimeError):  # the loop is already closed
+                        loop.call_soon_threadsafe(end)
+
+                # (The stubs type the callback as a class no function matches.)
+                context.add_done_callback(cast(Any, terminated))
                 try:
                     await self._enter(call, context)
                     principal = principal_var.get()
@@ -318,9 +358,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
-                    if guard is not None and self._streams is not None:
-                        self._streams.close(guard)
-                    self._leave(call)
+                    end()
 
             wrapped: Callable[..., Any] = streaming
         else:

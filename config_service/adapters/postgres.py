@@ -235,14 +235,23 @@ async def load_schemas(
     return {row["service"]: ServiceSchema.from_json(row["schema"]) for row in rows}
 
 
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What an organization stores: its keys and their size (names and values)."""
+
+    keys: int
+    bytes: int
+
+
 async def write_commit(
     conn: asyncpg.Connection,
     organization: str,
     revision: int,
     changes: Sequence[Change],
     now: dt.datetime,
-) -> None:
-    """Writes one revision in one statement: the revision bump, the values and history.
+) -> tuple[Usage, Usage]:
+    """Writes one revision in one statement: the revision bump, the values, history
+    and the organization's usage. Returns (usage after the write, what it added).
 
     The changes travel as one JSON array (cheaper to encode than a dozen arrays).
     """
@@ -260,15 +269,30 @@ async def write_commit(
         }
         for c in changes
     ]
-    await conn.execute(
+    row = await conn.fetchrow(
         """
         WITH c AS (
             SELECT * FROM jsonb_to_recordset($4::jsonb) AS c(
                 seq int, service text, key text, change_type text, old_value jsonb,
                 new_value jsonb, actor text, reason text, request_id text)
+        ), delta AS (
+            SELECT
+                coalesce(sum(CASE WHEN c.change_type = 'delete' THEN -1
+                                  WHEN c.old_value IS NULL THEN 1 ELSE 0 END), 0) AS keys,
+                coalesce(sum(
+                    CASE WHEN c.new_value IS NULL THEN 0
+                         ELSE config.entry_bytes(c.service, c.key, c.new_value) END
+                  - CASE WHEN c.old_value IS NULL THEN 0
+                         ELSE config.entry_bytes(c.service, c.key, c.old_value) END), 0) AS bytes
+            FROM c
         ), bump AS (
-            UPDATE config.organizations SET revision = $2, updated_at = $3
-            WHERE organization = $1
+            UPDATE config.organizations o
+               SET revision = $2, updated_at = $3,
+                   key_count = o.key_count + delta.keys,
+                   stored_bytes = o.stored_bytes + delta.bytes
+              FROM delta
+             WHERE o.organization = $1
+            RETURNING o.key_count, o.stored_bytes, delta.keys, delta.bytes
         ), upserted AS (
             INSERT INTO config.entries
                 (organization, service, key, value, revision, updated_at, updated_by)
@@ -281,19 +305,41 @@ async def write_commit(
             DELETE FROM config.entries e USING c
             WHERE c.change_type = 'delete' AND e.organization = $1
               AND e.service = c.service AND e.key = c.key
+        ), logged AS (
+            INSERT INTO config.history
+                (organization, revision, seq, service, key, change_type, old_value,
+                 new_value, actor, reason, request_id, created_at)
+            SELECT $1, $2, c.seq, c.service, c.key, c.change_type, c.old_value, c.new_value,
+                   c.actor, c.reason, c.request_id, $3
+            FROM c
         )
-        INSERT INTO config.history
-            (organization, revision, seq, service, key, change_type, old_value, new_value,
-             actor, reason, request_id, created_at)
-        SELECT $1, $2, c.seq, c.service, c.key, c.change_type, c.old_value, c.new_value,
-               c.actor, c.reason, c.request_id, $3
-        FROM c
+        SELECT * FROM bump
         """,
         organization,
         revision,
         now,
         rows,
     )
+    assert row is not None
+    return (
+        Usage(int(row["key_count"]), int(row["stored_bytes"])),
+        Usage(int(row["keys"]), int(row["bytes"])),
+    )
+
+
+async def read_usage(conn: asyncpg.Connection, organization: str) -> tuple[Usage, int]:
+    """(the organization's usage, the encoded size of its schemas)."""
+    row = await conn.fetchrow(
+        "SELECT coalesce((SELECT key_count FROM config.organizations WHERE organization = $1), 0)"
+        "         AS keys, "
+        "       coalesce((SELECT stored_bytes FROM config.organizations "
+        "                  WHERE organization = $1), 0) AS bytes, "
+        "       (SELECT coalesce(sum(octet_length(schema::text)), 0) FROM config.schemas "
+        "         WHERE organization = $1) AS schema_bytes",
+        organization,
+    )
+    assert row is not None
+    return Usage(int(row["keys"]), int(row["bytes"])), int(row["schema_bytes"])
 
 
 def _stored_schema(row: asyncpg.Record) -> StoredSchema:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from agentready.config.v1 import config_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from config_service.domain.model import SET, Change, Entry, Event, etag
 from config_service.domain.schema import KeySchema, ServiceSchema, StoredSchema
@@ -38,6 +39,7 @@ _KINDS = {
     "flag_value": ValueType.FEATURE_FLAG,
 }
 _FIELDS = {v: k for k, v in _KINDS.items()}
+T = TypeVar("T")
 
 
 def json_depth(message: struct_pb2.Value) -> int:
@@ -124,6 +126,11 @@ def timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def _message_bytes(message: Message) -> int:
+    """Encoded size of ``message`` as a repeated field's element."""
+    return message.ByteSize() + 6
 
 
 def entry_to_proto(organization: str, entry: Entry) -> config_pb2.ConfigEntry:
@@ -216,15 +223,38 @@ def schema_to_proto(organization: str, stored: StoredSchema) -> config_pb2.Confi
     return message
 
 
+# A split SNAPSHOT or CHANGE puts at most about this many bytes of entries or changes
+# in one message (one item more at most: an entry is under 70 KiB), so every message
+# stays far below the 4 MiB a default client accepts, whatever the limits are set to.
+MAX_WATCH_MESSAGE_BYTES = 1024 * 1024
+
+
+def _parts(items: Sequence[T], size: Callable[[T], int]) -> list[Sequence[T]]:
+    """``items`` cut into consecutive parts of about :data:`MAX_WATCH_MESSAGE_BYTES`."""
+    parts: list[Sequence[T]] = []
+    start = total = 0
+    for index, item in enumerate(items):
+        total += size(item)
+        if total > MAX_WATCH_MESSAGE_BYTES and index > start:
+            parts.append(items[start:index])
+            start, total = index, size(item)
+    parts.append(items[start:])
+    return parts
+
+
 class WatchMessages:
-    """Builds WatchConfig messages (the hub calls :meth:`event` once per filter)."""
+    """Builds WatchConfig messages (the hub calls :meth:`event` once per filter).
+
+    A SNAPSHOT or CHANGE too large for one message comes out as several, each but the
+    last marked ``fragment``.
+    """
 
     Response = config_pb2.WatchConfigResponse
 
     def event(
         self, event: Event, services: frozenset[str] | None
-    ) -> config_pb2.WatchConfigResponse | None:
-        """A CHANGE message, or None when nothing matches ``services``."""
+    ) -> tuple[config_pb2.WatchConfigResponse, ...] | None:
+        """The CHANGE message(s) of a revision, or None when nothing matches ``services``."""
         changes = [
             change_to_proto(event.organization, c)
             for c in event.changes
@@ -232,11 +262,17 @@ class WatchMessages:
         ]
         if not changes:
             return None
-        return self.Response(
-            type=self.Response.EVENT_TYPE_CHANGE,
-            revision=event.revision,
-            changes=changes,
-            commit_time=timestamp(event.commit_time),
+        parts = _parts(changes, _message_bytes) if len(changes) > 1 else [changes]
+        commit_time = timestamp(event.commit_time)
+        return tuple(
+            self.Response(
+                type=self.Response.EVENT_TYPE_CHANGE,
+                revision=event.revision,
+                changes=part,
+                commit_time=commit_time,
+                fragment=index < len(parts) - 1,
+            )
+            for index, part in enumerate(parts)
         )
 
     def snapshot(
@@ -247,15 +283,22 @@ class WatchMessages:
         entries: Sequence[Entry],
         reset: bool,
         commit_time: dt.datetime | None,
-    ) -> config_pb2.WatchConfigResponse:
-        """A SNAPSHOT message."""
-        return self.Response(
-            type=self.Response.EVENT_TYPE_SNAPSHOT,
-            revision=revision,
-            entries=[entry_to_proto(organization, e) for e in entries],
-            reset=reset,
-            commit_time=timestamp(commit_time) if revision else None,
-            compact_revision=compact_revision,
+    ) -> tuple[config_pb2.WatchConfigResponse, ...]:
+        """The SNAPSHOT message(s)."""
+        protos = [entry_to_proto(organization, e) for e in entries]
+        parts = _parts(protos, _message_bytes)
+        when = timestamp(commit_time) if revision else None
+        return tuple(
+            self.Response(
+                type=self.Response.EVENT_TYPE_SNAPSHOT,
+                revision=revision,
+                entries=part,
+                reset=reset,
+                commit_time=when,
+                compact_revision=compact_revision,
+                fragment=index < len(parts) - 1,
+            )
+            for index, part in enumerate(parts)
         )
 
     def progress(self, revision: int, compact_revision: int) -> config_pb2.WatchConfigResponse:

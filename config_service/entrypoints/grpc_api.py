@@ -8,9 +8,11 @@ from typing import Any
 
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from config_service.adapters.postgres import ConfigStore
 from config_service.domain.model import Mutation
+from config_service.domain.schema import MAX_ORGANIZATION_SCHEMA_BYTES
 from config_service.domain.values import check_name, check_value
 from config_service.entrypoints import convert
 from config_service.service_layer import watch as watch_use_case
@@ -30,6 +32,11 @@ from servicekit.rpc import authorize, authorize_operator
 READ, WRITE, PURGE = "config:read", "config:write", "config:purge"
 MAX_BATCH = 100
 DEFAULT_PROGRESS_SECONDS = 5.0
+
+
+def _bytes(item: tuple[Any, Message]) -> int:
+    """Encoded size of a listed item's message (pages are cut by bytes too)."""
+    return item[1].ByteSize() + 6
 
 
 def _expected(request: Any) -> int | None:
@@ -158,11 +165,12 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             after=tuple(after) if after else None,
             limit=limit + 1,
         )
-        page, token = next_page(entries, limit, lambda e: [e.service, e.key], request=binding)
+        protos = [(e, convert.entry_to_proto(request.organization, e)) for e in entries]
+        page, token = next_page(
+            protos, limit, lambda p: [p[0].service, p[0].key], request=binding, size=_bytes
+        )
         return config_pb2.ListConfigsResponse(
-            configs=[convert.entry_to_proto(request.organization, e) for e in page],
-            next_page_token=token,
-            revision=revision,
+            configs=[p for _, p in page], next_page_token=token, revision=revision
         )
 
     async def DeleteConfig(
@@ -228,10 +236,12 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             after=(int(after[0]), int(after[1])),
             limit=limit + 1,
         )
-        page, token = next_page(changes, limit, lambda c: [c.revision, c.seq], request=binding)
+        protos = [(c, convert.history_to_proto(request.organization, c)) for c in changes]
+        page, token = next_page(
+            protos, limit, lambda p: [p[0].revision, p[0].seq], request=binding, size=_bytes
+        )
         return config_pb2.ListConfigHistoryResponse(
-            history_entries=[convert.history_to_proto(request.organization, c) for c in page],
-            next_page_token=token,
+            history_entries=[p for _, p in page], next_page_token=token
         )
 
     async def RollbackConfig(
@@ -303,10 +313,10 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         schemas = await self._reader.schemas(
             request.organization, after=str(after), limit=limit + 1
         )
-        page, token = next_page(schemas, limit, lambda s: s.service, request=binding)
+        protos = [(s, convert.schema_to_proto(request.organization, s)) for s in schemas]
+        page, token = next_page(protos, limit, lambda p: p[0].service, request=binding, size=_bytes)
         return config_pb2.ListConfigSchemasResponse(
-            schemas=[convert.schema_to_proto(request.organization, s) for s in page],
-            next_page_token=token,
+            schemas=[p for _, p in page], next_page_token=token
         )
 
     async def DeleteConfigSchema(
@@ -320,6 +330,24 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             request.organization, request.service, expected_etag=request.etag
         )
         return empty_pb2.Empty()
+
+    async def GetConfigUsage(
+        self, request: config_pb2.GetConfigUsageRequest, context: Any
+    ) -> config_pb2.ConfigUsage:
+        authorize(request.organization, READ)
+        raise_if_invalid(check_organization(request.organization))
+        usage, schema_bytes, revision = await self._reader.usage(request.organization)
+        limits = self._writer.limits
+        return config_pb2.ConfigUsage(
+            organization=request.organization,
+            keys=usage.keys,
+            max_keys=limits.keys,
+            bytes=usage.bytes,
+            max_bytes=limits.bytes,
+            schema_bytes=schema_bytes,
+            max_schema_bytes=MAX_ORGANIZATION_SCHEMA_BYTES,
+            revision=revision,
+        )
 
     def WatchConfig(
         self, request: config_pb2.WatchConfigRequest, context: Any

@@ -74,7 +74,7 @@ class Watcher:
         self.progress_interval = progress_interval
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
-        # Items: (revision, message or None when filtered out), or one of the markers.
+        # Items: (revision, its messages or None when filtered out), or one of the markers.
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False

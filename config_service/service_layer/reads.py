@@ -45,6 +45,13 @@ class ConfigReader:
             )
         return entries, revision
 
+    async def usage(self, organization: str) -> tuple[pg.Usage, int, int]:
+        """(what the organization stores, its schemas' bytes, its revision)."""
+        async with self._store.transaction(organization, snapshot=True) as conn:
+            revision, _ = await pg.read_revision(conn, organization)
+            usage, schema_bytes = await pg.read_usage(conn, organization)
+        return usage, schema_bytes, revision
+
     async def history(
         self,
         organization: str,

@@ -28,8 +28,9 @@ SENT_PROGRESS = metrics.WATCH_EVENTS_SENT.labels("progress")
 class WatchEncoder(Protocol):
     """Builds the stream's messages (the entry point knows the wire format)."""
 
-    def event(self, event: Event, services: frozenset[str] | None) -> Any | None:
-        """A CHANGE message, or None when nothing in it matches ``services``."""
+    def event(self, event: Event, services: frozenset[str] | None) -> Sequence[Any] | None:
+        """The CHANGE message(s) of a revision (several when split into fragments), or
+        None when nothing in it matches ``services``."""
 
     def snapshot(
         self,
@@ -39,8 +40,8 @@ class WatchEncoder(Protocol):
         entries: Sequence[Entry],
         reset: bool,
         commit_time: dt.datetime | None,
-    ) -> Any:
-        """A SNAPSHOT message."""
+    ) -> Sequence[Any]:
+        """The SNAPSHOT message(s) (several when split into fragments)."""
 
     def progress(self, revision: int, compact_revision: int) -> Any:
         """A PROGRESS message."""
@@ -85,15 +86,17 @@ async def watch(
         compact = _compact_revision(revision, compacted)
         if snapshot:
             SENT_SNAPSHOT.inc()
-            yield encoder.snapshot(
+            for part in encoder.snapshot(
                 organization, revision, compact, entries, start_revision > 0, commit_time
-            )
+            ):
+                yield part
         else:
-            async for message in _replay(
+            async for messages in _replay(
                 store, encoder, organization, services, start_revision, revision
             ):
                 SENT_CHANGE.inc()
-                yield message
+                for part in messages:
+                    yield part
             SENT_PROGRESS.inc()
             yield encoder.progress(revision, compact)
         last = revision
@@ -122,13 +125,14 @@ async def watch(
                     reason="WATCH_RESET",
                     metadata={"revision": str(last)},
                 )
-            item_revision, message = item
+            item_revision, messages = item
             if item_revision <= last:
                 continue  # already in the initial state
             last = item_revision
-            if message is not None:
+            if messages is not None:
                 SENT_CHANGE.inc()
-                yield message
+                for part in messages:
+                    yield part
     finally:
         hub.unwatch(watcher)
 
@@ -140,7 +144,7 @@ async def _replay(
     services: frozenset[str] | None,
     after: int,
     upto: int,
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[Sequence[Any]]:
     position = after
     while position < upto:
         end = min(upto, position + REPLAY_BATCH)
@@ -155,10 +159,10 @@ async def _replay(
                     metadata={"revision": str(expected - 1)},
                 )
             items = tuple(group)
-            message = encoder.event(
+            messages = encoder.event(
                 Event(organization, revision, items, items[0].created_at), services
             )
-            if message is not None:
-                yield message
+            if messages is not None:
+                yield messages
             expected = revision + 1
         position = end

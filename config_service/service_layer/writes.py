@@ -3,11 +3,13 @@ organization's revision bump; the notification goes out after the commit."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from config_service import metrics
 from config_service.adapters import postgres as pg
 from config_service.domain.model import DELETE, SET, Change, Commit, Entry, Mutation, etag
 from config_service.domain.patterns import precompile
@@ -32,12 +34,21 @@ from servicekit.requests import RequestKey
 Notify = Callable[[str, int], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How much one organization may store (CONFIG_MAX_ORGANIZATION_*)."""
+
+    keys: int = 1000
+    bytes: int = 1024 * 1024
+
+
 class ConfigWriter:
     """The write side of ConfigService."""
 
-    def __init__(self, store: pg.ConfigStore, notify: Notify) -> None:
+    def __init__(self, store: pg.ConfigStore, notify: Notify, limits: Limits | None = None) -> None:
         self._store = store
         self._notify = notify
+        self.limits = limits or Limits()
 
     async def apply(
         self,
@@ -244,7 +255,10 @@ class ConfigWriter:
                 )
             )
         if changes:
-            await pg.write_commit(conn, organization, new_revision, changes, now)
+            usage, added = await pg.write_commit(conn, organization, new_revision, changes, now)
+            self._check_limits(organization, usage, added)  # raising rolls the write back
+            metrics.ORGANIZATION_KEYS.labels(organization).set(usage.keys)
+            metrics.ORGANIZATION_BYTES.labels(organization).set(usage.bytes)
         changed = {(c.service, c.key): c for c in changes}
         entries: list[Entry] = []
         for m in ordered:
@@ -257,6 +271,39 @@ class ConfigWriter:
             changes=tuple(changes),
             entries=tuple(entries),
         )
+
+    def _check_limits(self, organization: str, usage: pg.Usage, added: pg.Usage) -> None:
+        """Refuses a write that grows the organization past a limit (a write that
+        shrinks it always passes, so an organization over a lowered limit can recover).
+
+        Raises:
+            ResourceExhausted: reason ``ORGANIZATION_KEY_LIMIT`` or
+                ``ORGANIZATION_SIZE_LIMIT``, with the limit and the usage before the write.
+        """
+        before = pg.Usage(usage.keys - added.keys, usage.bytes - added.bytes)
+        metadata = {
+            "organization": organization,
+            "used_keys": str(before.keys),
+            "limit_keys": str(self.limits.keys),
+            "used_bytes": str(before.bytes),
+            "limit_bytes": str(self.limits.bytes),
+        }
+        if added.keys > 0 and usage.keys > self.limits.keys:
+            raise ResourceExhausted(
+                f"{organization!r} has {before.keys} keys; this write would take it to "
+                f"{usage.keys}, over its limit of {self.limits.keys} keys",
+                reason="ORGANIZATION_KEY_LIMIT",
+                retry_after_seconds=None,
+                metadata=metadata,
+            )
+        if added.bytes > 0 and usage.bytes > self.limits.bytes:
+            raise ResourceExhausted(
+                f"{organization!r} stores {before.bytes} bytes; this write would take it "
+                f"to {usage.bytes}, over its limit of {self.limits.bytes} bytes",
+                reason="ORGANIZATION_SIZE_LIMIT",
+                retry_after_seconds=None,
+                metadata=metadata,
+            )
 
     async def set_schema(
         self,
@@ -308,7 +355,7 @@ class ConfigWriter:
                     f"{others + schema.encoded_size()} bytes; the limit is "
                     f"{MAX_ORGANIZATION_SCHEMA_BYTES}",
                     reason="SCHEMA_LIMIT",
-                    retry_after_seconds=0,
+                    retry_after_seconds=None,
                     metadata={
                         "organization": organization,
                         "limit_bytes": str(MAX_ORGANIZATION_SCHEMA_BYTES),

@@ -101,7 +101,7 @@ class Tenancy:
                 f"organization {organization!r} has {used} {table.replace('_', ' ')}, its "
                 f"limit; delete some or ask the platform operator to raise it",
                 reason="LIMIT_EXCEEDED",
-                retry_after_seconds=0,
+                retry_after_seconds=None,
                 metadata={
                     "organization": organization,
                     "limit": str(limit),

@@ -154,6 +154,8 @@ class AsyncConfigWatcher:
         self._listeners: list[Listener] = [on_change] if on_change else []
         self._entries: Mapping[Key, config_pb2.ConfigEntry] = {}
         self._revision = 0
+        # Parts of a split SNAPSHOT or CHANGE received so far (see ``fragment``).
+        self._fragments: list[Any] = []
         self._have_state = False
         self._from_file = False
         self._connected = False
@@ -293,6 +295,7 @@ class AsyncConfigWatcher:
                 progress_interval=duration_pb2.Duration(seconds=int(self._progress_interval)),
             )
             call = stub.WatchConfig(request, metadata=(("authorization", f"Bearer {token}"),))
+            self._fragments = []  # parts of a stream that ended are never completed
             try:
                 async for message in call:
                     self._connected = True
@@ -322,21 +325,29 @@ class AsyncConfigWatcher:
 
     def _receive(self, message: Any) -> None:
         self._last_message_at = time.monotonic()
+        if message.type == Response.EVENT_TYPE_PROGRESS:
+            # Current up to here (revisions of other services may have passed).
+            self._revision = max(self._revision, message.revision)
+            return
+        if message.fragment:
+            # Part of a snapshot or revision too large for one message: held until
+            # its last part arrives, never applied alone.
+            self._fragments.append(message)
+            return
+        parts, self._fragments = [*self._fragments, message], []
         if message.type == Response.EVENT_TYPE_SNAPSHOT:
-            self._entries = {(e.service, e.key): e for e in message.entries}
+            self._entries = {(e.service, e.key): e for part in parts for e in part.entries}
             self._commit(message.revision, [], snapshot=True)
         elif message.type == Response.EVENT_TYPE_CHANGE:
+            changes = [c for part in parts for c in part.changes]
             entries = dict(self._entries)
-            for change in message.changes:
+            for change in changes:
                 if change.type == config_pb2.CHANGE_TYPE_DELETE:
                     entries.pop((change.service, change.key), None)
                 else:
                     entries[(change.service, change.key)] = change.entry
             self._entries = entries  # swapped whole: readers never see half a revision
-            self._commit(message.revision, message.changes, snapshot=False)
-        elif message.type == Response.EVENT_TYPE_PROGRESS:
-            # Current up to here (revisions of other services may have passed).
-            self._revision = max(self._revision, message.revision)
+            self._commit(message.revision, changes, snapshot=False)
 
     def _commit(
         self,

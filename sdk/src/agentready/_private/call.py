@@ -47,9 +47,9 @@ class CallPath:
         idempotent: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call gRPC deadline
     ) -> T:
-        """Calls ``method(request)``; retries UNAVAILABLE / RESOURCE_EXHAUSTED when
-        ``idempotent``, with jittered exponential backoff (RetryInfo's delay wins when
-        longer).
+        """Calls ``method(request)``. When ``idempotent``, retries UNAVAILABLE, and
+        RESOURCE_EXHAUSTED with ``RetryInfo`` (a rate limit, not a limit of what is
+        stored), with jittered exponential backoff (RetryInfo's delay wins when longer).
 
         Raises:
             AgentReadyError: the typed error of the last attempt.
@@ -62,7 +62,16 @@ class CallPath:
                 )
             except grpc.aio.AioRpcError as rpc_error:
                 error: AgentReadyError = from_rpc_error(rpc_error)
-                if not idempotent or error.code not in _RETRYABLE or attempt == self._attempts:
+                if (
+                    not idempotent
+                    or error.code not in _RETRYABLE
+                    or attempt == self._attempts
+                    # A limit of what is stored comes without RetryInfo: waiting won't help.
+                    or (
+                        error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        and error.retry_after is None
+                    )
+                ):
                     raise error from None
                 wait = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
                 if error.retry_after is not None:

@@ -1212,6 +1212,78 @@ class DeleteConfigSchemaRequest(_message.Message):
 Global___DeleteConfigSchemaRequest: _TypeAlias = DeleteConfigSchemaRequest  # noqa: Y015
 
 @_typing.final
+class GetConfigUsageRequest(_message.Message):
+    """Request of ConfigService.GetConfigUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Required. Slug of the organization."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConfigUsageRequest: _TypeAlias = GetConfigUsageRequest  # noqa: Y015
+
+@_typing.final
+class ConfigUsage(_message.Message):
+    """What an organization stores, against its limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    MAX_KEYS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    SCHEMA_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_SCHEMA_BYTES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Slug of the organization."""
+    keys: _builtins.int
+    """Keys set."""
+    max_keys: _builtins.int
+    """Keys the organization may set."""
+    bytes: _builtins.int
+    """Bytes stored: for each key set, its service and key names and its value in JSON."""
+    max_bytes: _builtins.int
+    """Bytes the organization may store."""
+    schema_bytes: _builtins.int
+    """Bytes of the organization's schemas (their JSON text)."""
+    max_schema_bytes: _builtins.int
+    """Bytes of schemas the organization may store."""
+    revision: _builtins.int
+    """The organization's revision when the usage was read."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        keys: _builtins.int = ...,
+        max_keys: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+        schema_bytes: _builtins.int = ...,
+        max_schema_bytes: _builtins.int = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "keys", b"keys", "max_bytes", b"max_bytes", "max_keys", b"max_keys", "max_schema_bytes", b"max_schema_bytes", "organization", b"organization", "revision", b"revision", "schema_bytes", b"schema_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigUsage: _TypeAlias = ConfigUsage  # noqa: Y015
+
+@_typing.final
 class WatchConfigRequest(_message.Message):
     """Request of ConfigService.WatchConfig."""
 
@@ -1305,6 +1377,7 @@ class WatchConfigResponse(_message.Message):
     RESET_FIELD_NUMBER: _builtins.int
     COMMIT_TIME_FIELD_NUMBER: _builtins.int
     COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    FRAGMENT_FIELD_NUMBER: _builtins.int
     type: Global___WatchConfigResponse.EventType.ValueType
     """The kind of this message."""
     revision: _builtins.int
@@ -1321,16 +1394,26 @@ class WatchConfigResponse(_message.Message):
     compact_revision - 1 resumes without a reset. 0 when the organization has no
     revisions yet.
     """
+    fragment: _builtins.bool
+    """SNAPSHOT and CHANGE: true when more messages of the same snapshot or revision
+    follow (the message was split to stay under the message size limit). Hold the
+    parts and apply them together when a message with `fragment` false arrives;
+    never apply a part alone. If the stream ends before that message, discard the
+    parts and resume from the last revision applied. All parts carry the same
+    `type`, `revision`, `reset`, `commit_time` and `compact_revision`.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigEntry]:
         """SNAPSHOT only: every key that is set in the watched services at `revision`
-        (schema defaults are not included), ordered by service then key.
+        (schema defaults are not included), ordered by service then key; or this
+        fragment's share of them when `fragment` splits the snapshot.
         """
 
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigChange]:
-        """CHANGE only: every change of revision `revision` in the watched services, in
-        commit order; a revision is never split across messages.
+        """CHANGE only: the changes of revision `revision` in the watched services, in
+        commit order: all of them, or this fragment's share when `fragment` splits the
+        revision across messages.
         """
 
     @_builtins.property
@@ -1349,10 +1432,11 @@ class WatchConfigResponse(_message.Message):
         reset: _builtins.bool = ...,
         commit_time: _timestamp_pb2.Timestamp | None = ...,
         compact_revision: _builtins.int = ...,
+        fragment: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "commit_time", b"commit_time", "compact_revision", b"compact_revision", "entries", b"entries", "reset", b"reset", "revision", b"revision", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "commit_time", b"commit_time", "compact_revision", b"compact_revision", "entries", b"entries", "fragment", b"fragment", "reset", b"reset", "revision", b"revision", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -118,6 +118,11 @@ class ConfigServiceStub:
                 request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.DeleteConfigSchemaRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetConfigUsage = channel.unary_unary(
+                '/agentready.config.v1.ConfigService/GetConfigUsage',
+                request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.GetConfigUsageRequest.SerializeToString,
+                response_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.ConfigUsage.FromString,
+                _registered_method=True)
         self.WatchConfig = channel.unary_stream(
                 '/agentready.config.v1.ConfigService/WatchConfig',
                 request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
@@ -256,13 +261,30 @@ class ConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConfigUsage(self, request, context):
+        """Returns how much the organization stores against its limits: keys and bytes of
+        values (writes past them are refused with RESOURCE_EXHAUSTED, reason
+        ORGANIZATION_KEY_LIMIT or ORGANIZATION_SIZE_LIMIT) and bytes of schemas
+        (SCHEMA_LIMIT). An organization with nothing stored has zero usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchConfig(self, request, context):
         """Streams an organization's configuration changes, with these guarantees:
         - Ordered: revisions arrive in increasing order.
         - Unique and reliable: every revision with a change in the watched services is
         delivered exactly once, with no gap, live or replayed; revisions without such a
         change are skipped (the next PROGRESS carries the revision reached).
-        - Atomic: a revision's changes arrive together in one CHANGE message.
+        - Atomic: a revision's changes are applied together. They arrive in one CHANGE
+        message, or, when too large for one (a big batch or rollback), in several
+        CHANGE messages of the same revision, every one but the last marked
+        `fragment`; a SNAPSHOT too large for one message is split the same way. A
+        client applies a revision or snapshot only once its last fragment (the message
+        with `fragment` false) has arrived, and resumes from the last revision it
+        applied. Every message stays under 2 MiB, so clients with default settings
+        (4 MiB) receive them.
         - Resumable: start_revision = the last revision received continues without gap
         or duplicate; a start point that cannot be replayed yields a SNAPSHOT marked
         `reset`.
@@ -347,6 +369,11 @@ def add_ConfigServiceServicer_to_server(servicer, server):
                     servicer.DeleteConfigSchema,
                     request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.DeleteConfigSchemaRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetConfigUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigUsage,
+                    request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.GetConfigUsageRequest.FromString,
+                    response_serializer=agentready_dot_config_dot_v1_dot_config__pb2.ConfigUsage.SerializeToString,
             ),
             'WatchConfig': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchConfig,
@@ -684,6 +711,33 @@ class ConfigService:
             '/agentready.config.v1.ConfigService/DeleteConfigSchema',
             agentready_dot_config_dot_v1_dot_config__pb2.DeleteConfigSchemaRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentready.config.v1.ConfigService/GetConfigUsage',
+            agentready_dot_config_dot_v1_dot_config__pb2.GetConfigUsageRequest.SerializeToString,
+            agentready_dot_config_dot_v1_dot_config__pb2.ConfigUsage.FromString,
             options,
             channel_credentials,
             insecure,

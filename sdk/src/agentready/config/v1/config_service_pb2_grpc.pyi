@@ -110,13 +110,26 @@ class ConfigServiceStub:
     """Deletes the schema of one service; its values stay and accept any value from
     then on. NOT_FOUND when the service has none; ABORTED when `etag` does not match.
     """
+    GetConfigUsage: _grpc.UnaryUnaryMultiCallable[_config_pb2.GetConfigUsageRequest, _config_pb2.ConfigUsage]
+    """Returns how much the organization stores against its limits: keys and bytes of
+    values (writes past them are refused with RESOURCE_EXHAUSTED, reason
+    ORGANIZATION_KEY_LIMIT or ORGANIZATION_SIZE_LIMIT) and bytes of schemas
+    (SCHEMA_LIMIT). An organization with nothing stored has zero usage.
+    """
     WatchConfig: _grpc.UnaryStreamMultiCallable[_config_pb2.WatchConfigRequest, _config_pb2.WatchConfigResponse]
     """Streams an organization's configuration changes, with these guarantees:
     - Ordered: revisions arrive in increasing order.
     - Unique and reliable: every revision with a change in the watched services is
       delivered exactly once, with no gap, live or replayed; revisions without such a
       change are skipped (the next PROGRESS carries the revision reached).
-    - Atomic: a revision's changes arrive together in one CHANGE message.
+    - Atomic: a revision's changes are applied together. They arrive in one CHANGE
+      message, or, when too large for one (a big batch or rollback), in several
+      CHANGE messages of the same revision, every one but the last marked
+      `fragment`; a SNAPSHOT too large for one message is split the same way. A
+      client applies a revision or snapshot only once its last fragment (the message
+      with `fragment` false) has arrived, and resumes from the last revision it
+      applied. Every message stays under 2 MiB, so clients with default settings
+      (4 MiB) receive them.
     - Resumable: start_revision = the last revision received continues without gap
       or duplicate; a start point that cannot be replayed yields a SNAPSHOT marked
       `reset`.
@@ -218,13 +231,26 @@ class ConfigServiceAsyncStub(ConfigServiceStub):
     """Deletes the schema of one service; its values stay and accept any value from
     then on. NOT_FOUND when the service has none; ABORTED when `etag` does not match.
     """
+    GetConfigUsage: _aio.UnaryUnaryMultiCallable[_config_pb2.GetConfigUsageRequest, _config_pb2.ConfigUsage]  # type: ignore[assignment]
+    """Returns how much the organization stores against its limits: keys and bytes of
+    values (writes past them are refused with RESOURCE_EXHAUSTED, reason
+    ORGANIZATION_KEY_LIMIT or ORGANIZATION_SIZE_LIMIT) and bytes of schemas
+    (SCHEMA_LIMIT). An organization with nothing stored has zero usage.
+    """
     WatchConfig: _aio.UnaryStreamMultiCallable[_config_pb2.WatchConfigRequest, _config_pb2.WatchConfigResponse]  # type: ignore[assignment]
     """Streams an organization's configuration changes, with these guarantees:
     - Ordered: revisions arrive in increasing order.
     - Unique and reliable: every revision with a change in the watched services is
       delivered exactly once, with no gap, live or replayed; revisions without such a
       change are skipped (the next PROGRESS carries the revision reached).
-    - Atomic: a revision's changes arrive together in one CHANGE message.
+    - Atomic: a revision's changes are applied together. They arrive in one CHANGE
+      message, or, when too large for one (a big batch or rollback), in several
+      CHANGE messages of the same revision, every one but the last marked
+      `fragment`; a SNAPSHOT too large for one message is split the same way. A
+      client applies a revision or snapshot only once its last fragment (the message
+      with `fragment` false) has arrived, and resumes from the last revision it
+      applied. Every message stays under 2 MiB, so clients with default settings
+      (4 MiB) receive them.
     - Resumable: start_revision = the last revision received continues without gap
       or duplicate; a start point that cannot be replayed yields a SNAPSHOT marked
       `reset`.
@@ -391,6 +417,18 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetConfigUsage(
+        self,
+        request: _config_pb2.GetConfigUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_config_pb2.ConfigUsage, _abc.Awaitable[_config_pb2.ConfigUsage]]:
+        """Returns how much the organization stores against its limits: keys and bytes of
+        values (writes past them are refused with RESOURCE_EXHAUSTED, reason
+        ORGANIZATION_KEY_LIMIT or ORGANIZATION_SIZE_LIMIT) and bytes of schemas
+        (SCHEMA_LIMIT). An organization with nothing stored has zero usage.
+        """
+
+    @_abc_1.abstractmethod
     def WatchConfig(
         self,
         request: _config_pb2.WatchConfigRequest,
@@ -401,7 +439,14 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         - Unique and reliable: every revision with a change in the watched services is
           delivered exactly once, with no gap, live or replayed; revisions without such a
           change are skipped (the next PROGRESS carries the revision reached).
-        - Atomic: a revision's changes arrive together in one CHANGE message.
+        - Atomic: a revision's changes are applied together. They arrive in one CHANGE
+          message, or, when too large for one (a big batch or rollback), in several
+          CHANGE messages of the same revision, every one but the last marked
+          `fragment`; a SNAPSHOT too large for one message is split the same way. A
+          client applies a revision or snapshot only once its last fragment (the message
+          with `fragment` false) has arrived, and resumes from the last revision it
+          applied. Every message stays under 2 MiB, so clients with default settings
+          (4 MiB) receive them.
         - Resumable: start_revision = the last revision received continues without gap
           or duplicate; a start point that cannot be replayed yields a SNAPSHOT marked
           `reset`.
