@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -339,3 +340,56 @@ async def test_a_snapshot_larger_than_a_message_is_received_whole(
     assert (node["entries"], node["same_revision"]) == (80, True)
     assert node["fragments"] >= 5
     assert node["listed"] == 80
+
+
+async def test_a_stream_nobody_reads_does_not_hold_up_its_neighbours_on_a_connection(
+    roomy: RunningServer, keys: Keys
+) -> None:
+    # Two watchers on one HTTP/2 connection, in a process of their own: one stops
+    # reading while megabytes of changes pile up for it; the other must get every
+    # revision of its organization all the same.
+    stalled, live = new_slug("stall"), new_slug("live")
+    stalled_md, live_md = bearer(keys.token(stalled)), bearer(keys.token(live))
+    rounds = 150
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{roomy.port}") as channel:
+        stub: Any = config_service_pb2_grpc.ConfigServiceStub(channel)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(REPO_ROOT / "tests" / "e2e" / "clients" / "slow_reader.py"),
+            str(roomy.port),
+            stalled,
+            live,
+            str(rounds),
+            env={
+                **os.environ,
+                "AGENTREADY_TOKEN_STALLED": keys.token(stalled),
+                "AGENTREADY_TOKEN_LIVE": keys.token(live),
+            },
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            ready = await asyncio.wait_for(process.stdout.readline(), 60)
+            assert ready.split() == [b"ready", b"0"]
+            for i in range(rounds):
+                # 60 kB for the stream nobody reads (9 MB in all, beyond any flow
+                # control window), then one small change for the live one.
+                await stub.SetConfig(
+                    config_pb2.SetConfigRequest(
+                        organization=stalled, service="app", key="k", value=value(60_000 + i)
+                    ),
+                    metadata=stalled_md,
+                )
+                await stub.SetConfig(
+                    config_pb2.SetConfigRequest(
+                        organization=live, service="app", key="n", value=value(i + 1)
+                    ),
+                    metadata=live_md,
+                )
+            out = await asyncio.wait_for(process.stdout.read(), 60)
+            assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert out.split(b"\n")[:-1] == [b"change %d" % r for r in range(1, rounds + 1)]
