@@ -54,6 +54,10 @@ class LeaderLock:
         self._conn: asyncpg.Connection | None = None
         self._held = False
         self._compete_after = 0.0
+        # Times this replica asked PostgreSQL for the lock or confirmed holding it (not
+        # counting checks skipped during the cooldown): lets operators and tests see
+        # that a replica competed, not just that time passed.
+        self.attempts = 0
 
     @property
     def held(self) -> bool:
@@ -70,6 +74,7 @@ class LeaderLock:
         if not self._held and time.monotonic() < self._compete_after:
             return False
         if self._conn is not None and not self._conn.is_closed():
+            self.attempts += 1
             try:
                 if self._held:
                     await self._conn.fetchval("SELECT 1", timeout=self._timeout)

@@ -105,23 +105,28 @@ async def test_the_loop_repairs_drift_without_being_asked(
 
 
 async def test_failures_are_retried_with_backoff_until_they_heal(
-    api: Caller, kube: FakeKubeServer
+    api: Caller, kube: FakeKubeServer, prov_database_url: str
 ) -> None:
     ns = f"org-{api.org}"
     kube.inject_error(500, kind="networkpolicies", times=None)
     env = await api.provision()
     assert state(env) == "FAILED"
 
-    def attempts() -> list[float]:
-        return [r.started for r in kube.requests(resource="networkpolicies") if r.namespace == ns]
+    async def failures() -> int:
+        conn = await asyncpg.connect(prov_database_url)
+        try:
+            count = await conn.fetchval(
+                "SELECT failures FROM provisioner.environments WHERE organization = $1", api.org
+            )
+        finally:
+            await conn.close()
+        return int(count)
 
-    async def probe() -> list[float]:
-        return attempts()
-
-    # The loop keeps trying on its own (two calls per reconcile), further and further apart.
-    seen = await eventually(probe, lambda a: len(a) >= 8, timeout=5)
-    gaps = [b - a for a, b in zip(seen[1::2], seen[2::2], strict=False)]
-    assert gaps[-1] > gaps[0]
+    # The loop keeps trying on its own, each failure counted (the count sets the next
+    # wait: the backoff policy itself is tested in test_provisioner_domain.py), and
+    # each attempt reaches the API again.
+    await eventually(failures, lambda n: n >= 4, timeout=10)
+    assert len([r for r in kube.requests(resource="networkpolicies") if r.namespace == ns]) >= 4
     failed = await api.get()
     assert state(failed) == "FAILED"
     assert "NetworkPolicyReady" in failed.last_error
@@ -185,8 +190,16 @@ async def test_two_replicas_elect_one_leader_and_hand_over(
         async def leaders() -> list[bool]:
             return [loop.leader.held for loop in loops]
 
+        async def attempts() -> list[int]:
+            return [loop.leader.attempts for loop in loops]
+
         held = await eventually(leaders, lambda h: sum(h) == 1, timeout=5)
-        await asyncio.sleep(0.5)  # several ticks: still exactly one
+        # Both replicas compete three times more (the follower is refused each time):
+        # still exactly the same one leads.
+        base = await attempts()
+        await eventually(
+            attempts, lambda a: all(n >= b + 3 for n, b in zip(a, base, strict=True)), timeout=10
+        )
         assert await leaders() == held
         leader, follower = (loops[0], loops[1]) if held[0] else (loops[1], loops[0])
         passes = follower.passes
@@ -203,7 +216,15 @@ async def test_two_replicas_elect_one_leader_and_hand_over(
         # cooldown before competing again, so leadership does not flap back).
         now = await eventually(leaders, lambda h: h != held and sum(h) == 1, timeout=5)
         assert now == [not h for h in held]
-        await asyncio.sleep(1.5)  # past the cooldown: the new leader keeps leading
+        # Past its cooldown the old leader competes again, twice, and is refused: the
+        # new leader keeps leading.
+        old_leader = leader.leader
+        tried = old_leader.attempts
+        await eventually(
+            lambda: asyncio.sleep(0, result=old_leader.attempts),
+            lambda n: n >= tried + 2,
+            timeout=10,
+        )
         assert await leaders() == now
         await eventually(
             lambda: asyncio.sleep(0, result=follower.passes), lambda p: p > passes, timeout=5
