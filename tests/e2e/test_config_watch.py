@@ -170,8 +170,14 @@ async def test_resume_at_the_current_revision_sends_only_progress(
     await org.set("a", 1)
     async with recorder(servers, org, keys, start_revision=1) as watch:
         await watch.wait_for(1)
-        await asyncio.sleep(0.2)
-        assert [(m.type, m.revision) for m in watch.messages] == [(Response.EVENT_TYPE_PROGRESS, 1)]
+        # The next revision marks the end of what the stream sent for the first: only
+        # a PROGRESS (no snapshot, no replay of 1) came before it.
+        await org.set("a", 2)
+        await watch.wait_for(2)
+        assert [(m.type, m.revision) for m in watch.messages] == [
+            (Response.EVENT_TYPE_PROGRESS, 1),
+            (Response.EVENT_TYPE_CHANGE, 2),
+        ]
 
 
 async def test_a_compacted_or_unknown_start_revision_gets_a_reset_snapshot(

@@ -46,20 +46,50 @@ async def test_migrations_apply_once_in_order(
 async def test_concurrent_starts_apply_each_migration_once(
     database_url: str, schema: str, tmp_path: Path
 ) -> None:
-    # A migration that fails if it runs twice: the second CREATE TABLE would raise.
+    # The first migration waits at a barrier the test holds (an advisory lock), before
+    # a CREATE TABLE that would fail if it ran twice. With four replicas started
+    # together, exactly one may reach the barrier while the others wait their turn on
+    # the migration lock; without that lock all four would wait at the barrier.
+    barrier = 7_340_033
     write(
-        tmp_path, "0001_items.sql", f"CREATE TABLE {schema}.items (id int); SELECT pg_sleep(0.2);"
+        tmp_path,
+        "0001_items.sql",
+        f"SELECT pg_advisory_xact_lock({barrier}); CREATE TABLE {schema}.items (id int);",
     )
     write(tmp_path, "0002_more.sql", f"CREATE TABLE {schema}.more (id int);")
+    app = f"replica-{schema}"
 
     async def one_replica() -> list[int]:
-        conn = await asyncpg.connect(database_url)
+        conn = await asyncpg.connect(database_url, server_settings={"application_name": app})
         try:
             return await migrate(conn, schema, tmp_path)
         finally:
             await conn.close()
 
-    results = await asyncio.gather(*(one_replica() for _ in range(4)))
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", barrier)
+        replicas = asyncio.gather(*(one_replica() for _ in range(4)))
+        waiting: list[asyncpg.Record] = []
+        async with asyncio.timeout(30):
+            while len(waiting) < 4:  # every replica blocked on some lock
+                waiting = await holder.fetch(
+                    "SELECT l.locktype, l.classid, l.objid FROM pg_stat_activity a "
+                    "JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted "
+                    "WHERE a.application_name = $1",
+                    app,
+                )
+                await asyncio.sleep(0.01)
+        at_barrier = [
+            w
+            for w in waiting
+            if (w["locktype"], w["classid"], w["objid"]) == ("advisory", 0, barrier)
+        ]
+        assert len(at_barrier) == 1
+        await holder.execute("SELECT pg_advisory_unlock($1)", barrier)
+        results = await replicas
+    finally:
+        await holder.close()
     assert sorted(results) == [[], [], [], [1, 2]]
 
 
