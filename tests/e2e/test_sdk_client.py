@@ -21,6 +21,7 @@ from agentready.config.v1 import config_pb2
 from servicekit.devstack import free_port
 from servicekit.server import RunningServer
 from tests.conftest import Keys
+from tests.e2e.proxy import AnswerCuttingProxy
 from tests.e2e.watching import Replica
 
 
@@ -95,11 +96,9 @@ async def test_a_write_retried_across_an_outage_lands_once(
     )
     replica: Replica | None = None
     try:
-        # Nothing listens yet: the write keeps failing UNAVAILABLE and is retried ...
+        # Nothing listens yet: the write fails UNAVAILABLE and is retried until the
+        # service comes up (it takes a process start), then lands.
         writing = asyncio.create_task(client.set("ai", "k", 1, request_id=str(uuid.uuid4())))
-        await asyncio.sleep(0.5)
-        assert not writing.done()
-        # ... until the service comes up, and then lands exactly once.
         replica = await asyncio.to_thread(Replica, {**server_env, "GRPC_PORT": str(port)})
         entry = await asyncio.wait_for(writing, 30)
         assert entry.revision == 1
@@ -108,6 +107,39 @@ async def test_a_write_retried_across_an_outage_lands_once(
         await client.close()
         if replica is not None:
             await asyncio.to_thread(replica.stop)
+
+
+async def test_a_write_whose_answer_is_lost_is_retried_and_lands_once(
+    servers: dict[str, RunningServer], keys: Keys
+) -> None:
+    # The write commits on the server, its answer is lost with the connection: the SDK
+    # retries with the same request id and gets the first answer, not a second write.
+    organization = f"cli-{uuid.uuid4().hex[:8]}"
+    async with (
+        AnswerCuttingProxy(servers["config"].port) as proxy,
+        ConfigClient(
+            f"127.0.0.1:{proxy.port}", organization, token=keys.token(organization), attempts=5
+        ) as client,
+    ):
+        await client.set("ai", "warm-up", 0)  # the connection is up
+        proxy.arm()
+        entry = await client.set("ai", "k", 1)
+        assert proxy.cuts == 1
+        assert proxy.connections >= 2  # the retry came on a new connection
+        assert entry.revision == 2
+        assert [h.revision async for h in client.history(key="k", service="ai")] == [2]
+        assert (await client.get("ai", "k")).revision == 2
+        # Without a retry the lost answer reaches the caller as UNAVAILABLE.
+        proxy.arm()
+        async with ConfigClient(
+            f"127.0.0.1:{proxy.port}",
+            organization,
+            token=keys.token(organization),
+            attempts=1,
+        ) as once:
+            with pytest.raises(Unavailable):
+                await once.set("ai", "k", 2)
+        assert [h.revision async for h in client.history(key="k", service="ai")] == [2, 3]
 
 
 async def test_without_retries_an_outage_is_unavailable(keys: Keys) -> None:
