@@ -22,6 +22,7 @@ from tests.conftest import Keys
 from tests.e2e.provisioner_support import (
     Caller,
     conditions,
+    eventually,
     new_org,
     prov_database_url,
     rpc_error,
@@ -617,7 +618,18 @@ async def test_throttling_and_timeouts_are_retried(api: Caller, kube: FakeKubeSe
     ]
     throttled, retried = [r for r in kube.requests(resource="limitranges") if r.namespace == ns]
     assert retried.started - throttled.finished >= 0.9  # Retry-After was honoured
-    assert len([r for r in kube.requests(resource="networkpolicies") if r.namespace == ns]) >= 1
+
+    # The write that outlived the timeout was sent again: the fake completes the held
+    # request too (like a write whose answer was lost) and records each request as it
+    # finishes, so both show up, the held one sent first.
+    async def policies() -> list[Any]:
+        return [r for r in kube.requests(resource="networkpolicies") if r.namespace == ns]
+
+    records = await eventually(policies, lambda p: len(p) == 2)
+    held = [r for r in records if r.finished - r.started >= 1.5]
+    quick = [r for r in records if r.finished - r.started < 1.5]
+    assert (len(held), len(quick)) == (1, 1)
+    assert held[0].started < quick[0].started
     obj(kube, "networkpolicies", "agentready-isolation", ns)
 
 
