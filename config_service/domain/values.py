@@ -15,6 +15,9 @@ from servicekit.errors import FieldViolation
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 MAX_VALUE_BYTES = 64 * 1024
 MAX_LIST_ITEMS = 1000
+# A flag picks among a handful of variants; more is a mistake or an attack on the
+# evaluation every pod runs per subject.
+MAX_FLAG_VARIANTS = 100
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -180,8 +183,12 @@ def _check_flag(flag: FeatureFlag, field: str) -> list[FieldViolation]:
         violations.append(FieldViolation(f"{field}.rollout_percent", "must be from 0 to 100"))
     violations += _check_subjects(flag.allow_list, f"{field}.allow_list")
     violations += _check_subjects(flag.deny_list, f"{field}.deny_list")
+    if len(flag.variants) > MAX_FLAG_VARIANTS:
+        violations.append(
+            FieldViolation(f"{field}.variants", f"at most {MAX_FLAG_VARIANTS} variants")
+        )
     names: set[str] = set()
-    for i, variant in enumerate(flag.variants):
+    for i, variant in enumerate(flag.variants[: MAX_FLAG_VARIANTS + 1]):
         violations += check_name(variant.name, f"{field}.variants[{i}].name")
         if variant.name in names:
             violations.append(FieldViolation(f"{field}.variants[{i}].name", "duplicate name"))

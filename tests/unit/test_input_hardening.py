@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from config_service.domain.values import check_name
+from config_service.domain.values import (
+    MAX_FLAG_VARIANTS,
+    ConfigValue,
+    FeatureFlag,
+    FlagVariant,
+    ValueType,
+    check_name,
+    check_value,
+)
 from servicekit.db import quote_identifier, redact_url
 from servicekit.requests import check_kubernetes_labels, check_organization
 
@@ -63,3 +71,20 @@ def test_a_trailing_newline_is_no_quantity() -> None:
     assert parse_quantity("10Gi") == parse_quantity("10240Mi")
     with pytest.raises(QuantityError):
         parse_quantity("10Gi\n")
+
+
+def test_flag_structures_are_bounded_and_named() -> None:
+    def flag(variants: int, subjects: int = 0) -> ConfigValue:
+        return ConfigValue(
+            ValueType.FEATURE_FLAG,
+            FeatureFlag(
+                enabled=True,
+                allow_list=tuple(f"s{i}" for i in range(subjects)),
+                variants=tuple(FlagVariant(f"v{i}", 1, i) for i in range(variants)),
+            ),
+        )
+
+    assert check_value(flag(MAX_FLAG_VARIANTS)) == []
+    too_many = check_value(flag(MAX_FLAG_VARIANTS + 1))
+    assert [v.field for v in too_many] == ["value.flag_value.variants"]
+    assert [v.field for v in check_value(flag(1, subjects=1001))] == ["value.flag_value.allow_list"]
