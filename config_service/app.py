@@ -11,6 +11,7 @@ from config_service.adapters.notifier import Notifier
 from config_service.adapters.postgres import ConfigStore
 from config_service.entrypoints.convert import WatchMessages
 from config_service.entrypoints.grpc_api import ConfigServiceServicer
+from config_service.service_layer.clients import ConfigClients
 from config_service.service_layer.hub import Hub
 from config_service.service_layer.maintenance import run_maintenance
 from config_service.service_layer.writes import ConfigWriter, Limits
@@ -68,6 +69,14 @@ SETTINGS = {
         lo=65536,
         hi=1 << 34,
     ),
+    "CONFIG_CLIENT_GRACE_SECONDS": ExtraSetting(
+        "30",
+        "How long a watching client stays in `ListConfigClients` after its last report "
+        "(the SDK reports every 10 s while nothing changes).",
+        kind="seconds",
+        lo=1,
+        hi=86400,
+    ),
     "CONFIG_COMPACT_INTERVAL_SECONDS": ExtraSetting(
         "300",
         "How often history is compacted.",
@@ -104,7 +113,8 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         keys=extra["CONFIG_MAX_ORGANIZATION_KEYS"], bytes=extra["CONFIG_MAX_ORGANIZATION_BYTES"]
     )
     writer = ConfigWriter(store, committed, limits)
-    servicer = ConfigServiceServicer(store, writer, hub)
+    clients = ConfigClients(store, grace_seconds=extra["CONFIG_CLIENT_GRACE_SECONDS"])
+    servicer = ConfigServiceServicer(store, writer, hub, clients)
     config_service_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, server)
 
     # Shutdown hooks run last-added first: the tasks stop, then the hub closes.
@@ -118,6 +128,7 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
             store,
             keep=extra["CONFIG_HISTORY_RETENTION"],
             interval=extra["CONFIG_COMPACT_INTERVAL_SECONDS"],
+            client_grace=extra["CONFIG_CLIENT_GRACE_SECONDS"],
         ),
         name="config-maintenance",
     )

@@ -66,7 +66,14 @@ class ConfigStore:
     async def purge(self, organization: str) -> None:
         """Deletes everything stored for ``organization`` (it is being deleted)."""
         async with self.transaction(organization) as conn:
-            for table in ("history", "entries", "schemas", "requests", "organizations"):
+            for table in (
+                "history",
+                "entries",
+                "schemas",
+                "requests",
+                "clients",
+                "organizations",
+            ):
                 await conn.execute(
                     f"DELETE FROM config.{table} WHERE organization = $1",  # noqa: S608 - fixed names
                     organization,

@@ -20,6 +20,7 @@ from config_service.domain.values import (
     FlagVariant,
     ValueType,
 )
+from config_service.service_layer.clients import ClientStatus
 
 _TYPES = {
     ValueType.STRING: config_pb2.VALUE_TYPE_STRING,
@@ -126,6 +127,23 @@ def timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def client_to_proto(
+    organization: str, client: ClientStatus, revision: int
+) -> config_pb2.ConfigClient:
+    """A client's last report, with its lag behind ``revision``."""
+    return config_pb2.ConfigClient(
+        organization=organization,
+        client_id=client.client_id,
+        labels=client.labels,
+        applied_revision=client.applied_revision,
+        lag=max(0, revision - client.applied_revision),
+        rejected_revision=client.rejected_revision,
+        rejection_reason=client.rejection_reason,
+        rejected_at=timestamp(client.rejected_at),
+        last_seen=timestamp(client.last_seen),
+    )
 
 
 def _message_bytes(message: Message) -> int:

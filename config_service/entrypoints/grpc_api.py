@@ -3,6 +3,7 @@ answers in protobuf. Domain errors become ``google.rpc.Status`` in the shared ca
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +17,14 @@ from config_service.domain.schema import MAX_ORGANIZATION_SCHEMA_BYTES
 from config_service.domain.values import check_name, check_value
 from config_service.entrypoints import convert
 from config_service.service_layer import watch as watch_use_case
+from config_service.service_layer.clients import ConfigClients, Selector
 from config_service.service_layer.hub import Hub
 from config_service.service_layer.reads import ConfigReader
 from config_service.service_layer.writes import ConfigWriter
 from servicekit.errors import FieldViolation, InvalidArgument
 from servicekit.pagination import decode_token, next_page, page_size
 from servicekit.requests import (
+    check_kubernetes_labels,
     check_organization,
     check_reason,
     raise_if_invalid,
@@ -32,6 +35,10 @@ from servicekit.rpc import authorize, authorize_operator
 READ, WRITE, PURGE = "config:read", "config:write", "config:purge"
 MAX_BATCH = 100
 DEFAULT_PROGRESS_SECONDS = 5.0
+
+
+# A client's identity: "<namespace>/<pod>", "<host>/<pid>" and the like.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:/@-]{1,253}")
 
 
 def _bytes(item: tuple[Any, Message]) -> int:
@@ -50,11 +57,14 @@ def _expected(request: Any) -> int | None:
 class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     """ConfigService over gRPC."""
 
-    def __init__(self, store: ConfigStore, writer: ConfigWriter, hub: Hub) -> None:
+    def __init__(
+        self, store: ConfigStore, writer: ConfigWriter, hub: Hub, clients: ConfigClients
+    ) -> None:
         self._store = store
         self._writer = writer
         self._reader = ConfigReader(store)
         self._hub = hub
+        self._clients = clients
         self._messages = convert.WatchMessages()
 
     async def SetConfig(
@@ -347,6 +357,54 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             schema_bytes=schema_bytes,
             max_schema_bytes=MAX_ORGANIZATION_SCHEMA_BYTES,
             revision=revision,
+        )
+
+    async def ReportConfigStatus(
+        self, request: config_pb2.ReportConfigStatusRequest, context: Any
+    ) -> empty_pb2.Empty:
+        authorize(request.organization, READ)
+        violations = check_organization(request.organization)
+        if not _CLIENT_ID.fullmatch(request.client_id):
+            violations.append(
+                FieldViolation(
+                    "client_id", "1-253 letters, digits and '.', '_', ':', '/', '@', '-'"
+                )
+            )
+        violations += check_kubernetes_labels(request.labels, "labels", max_labels=20)
+        for name in ("applied_revision", "rejected_revision"):
+            if getattr(request, name) < 0:
+                violations.append(FieldViolation(name, "must not be negative"))
+        if len(request.rejection_reason) > 1000 or "\x00" in request.rejection_reason:
+            violations.append(FieldViolation("rejection_reason", "at most 1000 characters, no NUL"))
+        raise_if_invalid(violations)
+        await self._clients.report(
+            request.organization,
+            request.client_id,
+            labels=dict(request.labels),
+            applied_revision=request.applied_revision,
+            rejected_revision=request.rejected_revision,
+            rejection_reason=request.rejection_reason,
+        )
+        return empty_pb2.Empty()
+
+    async def ListConfigClients(
+        self, request: config_pb2.ListConfigClientsRequest, context: Any
+    ) -> config_pb2.ListConfigClientsResponse:
+        authorize(request.organization, READ)
+        raise_if_invalid(check_organization(request.organization))
+        selector = Selector.parse(request.label_selector)
+        limit = page_size(request.page_size)
+        binding = [request.organization, request.label_selector, request.page_size]
+        after = decode_token(request.page_token, request=binding) or ""
+        clients, revision = await self._clients.list(
+            request.organization, selector=selector, after=str(after), limit=limit + 1
+        )
+        protos = [(c, convert.client_to_proto(request.organization, c, revision)) for c in clients]
+        page, token = next_page(
+            protos, limit, lambda p: p[0].client_id, request=binding, size=_bytes
+        )
+        return config_pb2.ListConfigClientsResponse(
+            clients=[p for _, p in page], next_page_token=token, revision=revision
         )
 
     def WatchConfig(

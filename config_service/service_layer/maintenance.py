@@ -28,13 +28,17 @@ async def compact_organization(store: pg.ConfigStore, organization: str, keep: i
         return through
 
 
-async def compact_all(store: pg.ConfigStore, keep: int, request_ttl_hours: float) -> None:
-    """One maintenance round over every organization, by one replica at a time."""
+async def compact_all(
+    store: pg.ConfigStore, keep: int, request_ttl_hours: float, client_grace: float = 30.0
+) -> None:
+    """One maintenance round over every organization, by one replica at a time:
+    history beyond ``keep`` revisions (0: kept), request records older than
+    ``request_ttl_hours``, clients not heard from for ``client_grace`` seconds."""
     async with store.pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
             return
         try:
-            for organization in await store.known_organizations():
+            for organization in await store.known_organizations() if keep > 0 else []:
                 through = await compact_organization(store, organization, keep)
                 if through:
                     log.info(
@@ -45,19 +49,27 @@ async def compact_all(store: pg.ConfigStore, keep: int, request_ttl_hours: float
                 "DELETE FROM config.requests WHERE created_at < now() - make_interval(hours => $1)",
                 request_ttl_hours,
             )
+            await conn.execute(
+                "DELETE FROM config.clients WHERE last_seen < now() - make_interval(secs => $1)",
+                client_grace,
+            )
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
 async def run_maintenance(
-    store: pg.ConfigStore, *, keep: int, interval: float, request_ttl_hours: float = 24.0
+    store: pg.ConfigStore,
+    *,
+    keep: int,
+    interval: float,
+    request_ttl_hours: float = 24.0,
+    client_grace: float = 30.0,
 ) -> None:
-    """Runs :func:`compact_all` every ``interval`` seconds forever (``keep`` 0: never)."""
+    """Runs :func:`compact_all` every ``interval`` seconds forever (``keep`` 0: history
+    is never compacted; the rest is still expired)."""
     while True:
         await asyncio.sleep(interval)
-        if keep <= 0:
-            continue
         try:
-            await compact_all(store, keep, request_ttl_hours)
+            await compact_all(store, keep, request_ttl_hours, client_grace)
         except Exception:
             log.exception("history maintenance failed")

@@ -79,8 +79,21 @@ async def test_every_config_table_is_filtered_by_organization(
             ),
             metadata=md,
         )
+        await stub.ReportConfigStatus(
+            config_pb2.ReportConfigStatusRequest(
+                organization=org, client_id="pod/a", applied_revision=1
+            ),
+            metadata=md,
+        )
     counts = await filtered_counts(database_url, "config", "agentready_config", org)
-    assert set(counts) == {"entries", "history", "organizations", "requests", "schemas"}
+    assert set(counts) == {
+        "clients",
+        "entries",
+        "history",
+        "organizations",
+        "requests",
+        "schemas",
+    }
     for table, (own, other) in counts.items():
         assert own >= 1, table
         assert other == 0, table

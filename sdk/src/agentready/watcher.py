@@ -23,8 +23,11 @@ import base64
 import contextlib
 import enum
 import json
+import logging
 import os
 import random
+import re
+import socket
 import tempfile
 import threading
 import time
@@ -40,6 +43,7 @@ from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.errors import from_rpc_error
 from agentready.flags import FlagResult, evaluate_flag
 
+log = logging.getLogger(__name__)
 Response = config_pb2.WatchConfigResponse
 Key = tuple[str, str]
 # Codes a retry cannot cure while the credentials stay the same; retried anyway (a
@@ -105,6 +109,17 @@ def plain_value(value: config_pb2.Value) -> Any:
     return getattr(value, kind)
 
 
+def default_client_id() -> str:
+    """``<namespace>/<pod>`` from the Downward API variables POD_NAMESPACE and POD_NAME
+    (or HOSTNAME) on Kubernetes, ``<host>/<pid>`` elsewhere."""
+    pod = os.environ.get("POD_NAME")
+    if pod:
+        raw = f"{os.environ.get('POD_NAMESPACE', 'default')}/{pod}"
+    else:
+        raw = f"{socket.gethostname()}/{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9._:/@-]", "-", raw)[:253] or "client"
+
+
 class AsyncConfigWatcher:
     """An organization's configuration in memory, kept current by a WatchConfig stream.
 
@@ -122,6 +137,14 @@ class AsyncConfigWatcher:
         backoff_max: the longest wait between reconnections.
         last_known_good: a file that keeps the latest state across restarts.
         on_change: called with a :class:`ConfigEvent` after each revision is applied.
+        validator: called with the state a revision would bring (a mapping of
+            (service, key) to ``ConfigEntry``) before it is applied; if it raises, the
+            watcher keeps serving the state it has and reports the revision refused.
+        client_id: how this watcher is known in ``ListConfigClients`` (default:
+            ``<POD_NAMESPACE>/<POD_NAME>`` on Kubernetes, ``<host>/<pid>`` elsewhere).
+        labels: labels to select this watcher by in ``ListConfigClients``.
+        report_status: report the applied (or refused) revision to ConfigService after
+            each revision and every ``report_interval`` seconds (rollout status).
     """
 
     def __init__(
@@ -138,6 +161,11 @@ class AsyncConfigWatcher:
         backoff_max: float = 10.0,
         last_known_good: str | os.PathLike[str] | None = None,
         on_change: Listener | None = None,
+        validator: Callable[[Mapping[Key, config_pb2.ConfigEntry]], object] | None = None,
+        client_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        report_status: bool = True,
+        report_interval: float = 10.0,
     ) -> None:
         if (target is None) == (channel is None):
             raise ValueError("give either target or channel")
@@ -153,7 +181,20 @@ class AsyncConfigWatcher:
         self._file = Path(last_known_good) if last_known_good else None
         self._listeners: list[Listener] = [on_change] if on_change else []
         self._entries: Mapping[Key, config_pb2.ConfigEntry] = {}
-        self._revision = 0
+        # The server's state as streamed; differs from _entries (what is served) while
+        # the validator refuses it.
+        self._server_entries: Mapping[Key, config_pb2.ConfigEntry] = {}
+        self._revision = 0  # the stream's position: where a new stream resumes
+        self._applied_revision = 0  # the revision whose state is served
+        self._rejected: tuple[int, str] = (0, "")
+        self._validator = validator
+        self.client_id = client_id or default_client_id()
+        self.labels = dict(labels or {})
+        self._report_status = report_status
+        self._report_interval = report_interval
+        self._report_wanted = asyncio.Event()
+        self._reporter: asyncio.Task[None] | None = None
+        self.last_report_error: grpc.RpcError | None = None
         # Parts of a split SNAPSHOT or CHANGE received so far (see ``fragment``).
         self._fragments: list[Any] = []
         self._have_state = False
@@ -181,6 +222,10 @@ class AsyncConfigWatcher:
                 options=[("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)],
             )
         self._task = asyncio.create_task(self._run(), name=f"config-watcher:{self.organization}")
+        if self._report_status:
+            self._reporter = asyncio.create_task(
+                self._report_loop(), name=f"config-reporter:{self.organization}"
+            )
         try:
             await asyncio.wait_for(asyncio.shield(self._first.wait()), timeout)
         except TimeoutError:
@@ -190,10 +235,11 @@ class AsyncConfigWatcher:
     async def stop(self) -> None:
         """Closes the stream (and the channel, if the watcher made it)."""
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._own_channel and self._channel is not None:
             await self._channel.close()
 
@@ -213,7 +259,13 @@ class AsyncConfigWatcher:
     @property
     def revision(self) -> int:
         """The organization revision the values are at."""
-        return self._revision
+        return self._applied_revision
+
+    @property
+    def rejected(self) -> tuple[int, str]:
+        """The last revision refused (by the validator or a listener) and why;
+        ``(0, "")`` if none."""
+        return self._rejected
 
     @property
     def state(self) -> WatcherState:
@@ -328,6 +380,8 @@ class AsyncConfigWatcher:
         if message.type == Response.EVENT_TYPE_PROGRESS:
             # Current up to here (revisions of other services may have passed).
             self._revision = max(self._revision, message.revision)
+            if self._entries is self._server_entries:
+                self._applied_revision = max(self._applied_revision, message.revision)
             return
         if message.fragment:
             # Part of a snapshot or revision too large for one message: held until
@@ -336,34 +390,79 @@ class AsyncConfigWatcher:
             return
         parts, self._fragments = [*self._fragments, message], []
         if message.type == Response.EVENT_TYPE_SNAPSHOT:
-            self._entries = {(e.service, e.key): e for part in parts for e in part.entries}
-            self._commit(message.revision, [], snapshot=True)
+            entries = {(e.service, e.key): e for part in parts for e in part.entries}
+            self._commit(message.revision, [], entries, snapshot=True)
         elif message.type == Response.EVENT_TYPE_CHANGE:
             changes = [c for part in parts for c in part.changes]
-            entries = dict(self._entries)
+            entries = dict(self._server_entries)
             for change in changes:
                 if change.type == config_pb2.CHANGE_TYPE_DELETE:
                     entries.pop((change.service, change.key), None)
                 else:
                     entries[(change.service, change.key)] = change.entry
-            self._entries = entries  # swapped whole: readers never see half a revision
-            self._commit(message.revision, changes, snapshot=False)
+            self._commit(message.revision, changes, entries, snapshot=False)
 
     def _commit(
         self,
         revision: int,
         changes: Sequence[config_pb2.ConfigChange],
+        entries: Mapping[Key, config_pb2.ConfigEntry],
         *,
         snapshot: bool,
     ) -> None:
         self._revision = revision
+        self._server_entries = entries
         self._have_state = True
-        self._from_file = False
         self._first.set()
+        self._report_wanted.set()
+        if self._validator is not None:
+            try:
+                self._validator(entries)
+            except Exception as exc:  # any refusal keeps the good state
+                log.warning("revision %d refused by the validator: %s", revision, exc)
+                self._rejected = (revision, f"validator: {type(exc).__name__}: {exc}")
+                return
+        self._entries = entries  # swapped whole: readers never see half a revision
+        self._applied_revision = revision
+        self._from_file = False
         self._save_file()
         event = ConfigEvent(revision, changes, snapshot)
         for listener in list(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:  # one listener cannot stop the stream
+                log.exception("a config listener failed at revision %d", revision)
+                self._rejected = (revision, f"listener: {type(exc).__name__}: {exc}")
+
+    # -- rollout status --------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        """Reports the applied (or refused) revision after each revision and every
+        ``report_interval`` seconds (the heartbeat); a failed report waits for the next."""
+        assert self._channel is not None
+        stub = config_service_pb2_grpc.ConfigServiceStub(self._channel)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_wanted.wait(), self._report_interval)
+            self._report_wanted.clear()
+            if not self._have_state or self._from_file:
+                continue
+            token = self._token() if callable(self._token) else self._token
+            request = config_pb2.ReportConfigStatusRequest(
+                organization=self.organization,
+                client_id=self.client_id,
+                labels=self.labels,
+                applied_revision=self._applied_revision,
+                rejected_revision=self._rejected[0],
+                rejection_reason=self._rejected[1][:1000],
+            )
+            try:
+                await stub.ReportConfigStatus(
+                    request, metadata=(("authorization", f"Bearer {token}"),), timeout=5
+                )
+                self.last_report_error = None
+            except grpc.aio.AioRpcError as error:
+                self.last_report_error = error
 
     # -- last known good -------------------------------------------------------------
 
@@ -396,8 +495,8 @@ class AsyncConfigWatcher:
             ]
         except (OSError, ValueError, KeyError):
             return False
-        self._entries = {(e.service, e.key): e for e in entries}
-        self._revision = int(document["revision"])
+        self._entries = self._server_entries = {(e.service, e.key): e for e in entries}
+        self._revision = self._applied_revision = int(document["revision"])
         self._have_state = True
         self._from_file = True
         return True

@@ -1212,6 +1212,230 @@ class DeleteConfigSchemaRequest(_message.Message):
 Global___DeleteConfigSchemaRequest: _TypeAlias = DeleteConfigSchemaRequest  # noqa: Y015
 
 @_typing.final
+class ReportConfigStatusRequest(_message.Message):
+    """Request of ConfigService.ReportConfigStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    REJECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REJECTION_REASON_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Required. Slug of the organization the client watches."""
+    client_id: _builtins.str
+    """Required. Stable identity of the client, unique within the organization: the
+    SDK uses "<namespace>/<pod>" on Kubernetes, "<host>/<process id>" elsewhere. At
+    most 253 characters.
+    """
+    applied_revision: _builtins.int
+    """The revision whose state the client has applied (after its listeners ran); 0
+    before the first.
+    """
+    rejected_revision: _builtins.int
+    """The last revision the client refused (a listener raised or its validation hook
+    refused the state), 0 if none since it started; it then keeps serving
+    `applied_revision`.
+    """
+    rejection_reason: _builtins.str
+    """Why `rejected_revision` was refused; at most 1,000 characters."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. Labels to select clients by (e.g. app=checkout); at most 20, keys and
+        values as Kubernetes labels.
+        """
+
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        applied_revision: _builtins.int = ...,
+        rejected_revision: _builtins.int = ...,
+        rejection_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "client_id", b"client_id", "labels", b"labels", "organization", b"organization", "rejected_revision", b"rejected_revision", "rejection_reason", b"rejection_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportConfigStatusRequest: _TypeAlias = ReportConfigStatusRequest  # noqa: Y015
+
+@_typing.final
+class ConfigClient(_message.Message):
+    """One watching client, as it last reported."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    REJECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REJECTION_REASON_FIELD_NUMBER: _builtins.int
+    REJECTED_AT_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Slug of the organization."""
+    client_id: _builtins.str
+    """The client's identity."""
+    applied_revision: _builtins.int
+    """The revision the client has applied."""
+    lag: _builtins.int
+    """How many revisions the client is behind: the organization's revision minus
+    `applied_revision` (0 when current).
+    """
+    rejected_revision: _builtins.int
+    """The last revision the client refused (0 if none) and why."""
+    rejection_reason: _builtins.str
+    """Why `rejected_revision` was refused."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The client's labels."""
+
+    @_builtins.property
+    def rejected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the client refused it (unset if it never refused one)."""
+
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp:
+        """When the client last reported."""
+
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        applied_revision: _builtins.int = ...,
+        lag: _builtins.int = ...,
+        rejected_revision: _builtins.int = ...,
+        rejection_reason: _builtins.str = ...,
+        rejected_at: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen", "rejected_at", b"rejected_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "client_id", b"client_id", "labels", b"labels", "lag", b"lag", "last_seen", b"last_seen", "organization", b"organization", "rejected_at", b"rejected_at", "rejected_revision", b"rejected_revision", "rejection_reason", b"rejection_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigClient: _TypeAlias = ConfigClient  # noqa: Y015
+
+@_typing.final
+class ListConfigClientsRequest(_message.Message):
+    """Request of ConfigService.ListConfigClients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Required. Slug of the organization."""
+    label_selector: _builtins.str
+    """Optional. Kubernetes-style equality selector: "app=checkout,tier!=canary";
+    empty = every client.
+    """
+    page_size: _builtins.int
+    """Optional. At most this many clients per page (default 100, at most 1,000)."""
+    page_token: _builtins.str
+    """Optional. `next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        label_selector: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "organization", b"organization", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConfigClientsRequest: _TypeAlias = ListConfigClientsRequest  # noqa: Y015
+
+@_typing.final
+class ListConfigClientsResponse(_message.Message):
+    """Response of ConfigService.ListConfigClients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
+    revision: _builtins.int
+    """The organization's revision the lags were computed against."""
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigClient]:
+        """Clients ordered by client_id."""
+
+    def __init__(
+        self,
+        *,
+        clients: _abc.Iterable[Global___ConfigClient] | None = ...,
+        next_page_token: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "next_page_token", b"next_page_token", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConfigClientsResponse: _TypeAlias = ListConfigClientsResponse  # noqa: Y015
+
+@_typing.final
 class GetConfigUsageRequest(_message.Message):
     """Request of ConfigService.GetConfigUsage."""
 

@@ -128,6 +128,16 @@ class ConfigServiceStub:
                 request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
                 response_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigResponse.FromString,
                 _registered_method=True)
+        self.ReportConfigStatus = channel.unary_unary(
+                '/agentready.config.v1.ConfigService/ReportConfigStatus',
+                request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.ReportConfigStatusRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListConfigClients = channel.unary_unary(
+                '/agentready.config.v1.ConfigService/ListConfigClients',
+                request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.ListConfigClientsRequest.SerializeToString,
+                response_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.ListConfigClientsResponse.FromString,
+                _registered_method=True)
         self.PurgeConfig = channel.unary_unary(
                 '/agentready.config.v1.ConfigService/PurgeConfig',
                 request_serializer=agentready_dot_config_dot_v1_dot_config__pb2.PurgeConfigRequest.SerializeToString,
@@ -301,6 +311,31 @@ class ConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportConfigStatus(self, request, context):
+        """Reports what one watching client (a pod's SDK watcher) holds: the revision it
+        has applied, or the revision it refused and why. Clients report after each
+        revision they apply or refuse, and every few seconds while nothing changes (the
+        report is also their heartbeat); a client not heard from for
+        CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
+        stream: any replica can take it (the reports are kept in PostgreSQL, so every
+        replica lists every client), a client in any language needs no stream of its own
+        beside its WatchConfig, and a lost report is repaired by the next. Needs
+        "config:read" on the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConfigClients(self, request, context):
+        """Lists the organization's watching clients that reported within the grace
+        period (optionally those matching a label selector), with the revision each has
+        applied, its lag behind the organization's revision and its last refusal: which
+        pod runs which configuration, and whether a change has rolled out everywhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PurgeConfig(self, request, context):
         """Removes everything ConfigService holds for an organization (values, history,
         schemas, revision and request records), for an organization being deleted.
@@ -379,6 +414,16 @@ def add_ConfigServiceServicer_to_server(servicer, server):
                     servicer.WatchConfig,
                     request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.FromString,
                     response_serializer=agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigResponse.SerializeToString,
+            ),
+            'ReportConfigStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportConfigStatus,
+                    request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.ReportConfigStatusRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListConfigClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigClients,
+                    request_deserializer=agentready_dot_config_dot_v1_dot_config__pb2.ListConfigClientsRequest.FromString,
+                    response_serializer=agentready_dot_config_dot_v1_dot_config__pb2.ListConfigClientsResponse.SerializeToString,
             ),
             'PurgeConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.PurgeConfig,
@@ -765,6 +810,60 @@ class ConfigService:
             '/agentready.config.v1.ConfigService/WatchConfig',
             agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigRequest.SerializeToString,
             agentready_dot_config_dot_v1_dot_config__pb2.WatchConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportConfigStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentready.config.v1.ConfigService/ReportConfigStatus',
+            agentready_dot_config_dot_v1_dot_config__pb2.ReportConfigStatusRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentready.config.v1.ConfigService/ListConfigClients',
+            agentready_dot_config_dot_v1_dot_config__pb2.ListConfigClientsRequest.SerializeToString,
+            agentready_dot_config_dot_v1_dot_config__pb2.ListConfigClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -142,6 +142,23 @@ class ConfigServiceStub:
     example on shutdown, or when the client reads too slowly); the client then
     resumes from its last revision with backoff.
     """
+    ReportConfigStatus: _grpc.UnaryUnaryMultiCallable[_config_pb2.ReportConfigStatusRequest, _empty_pb2.Empty]
+    """Reports what one watching client (a pod's SDK watcher) holds: the revision it
+    has applied, or the revision it refused and why. Clients report after each
+    revision they apply or refuse, and every few seconds while nothing changes (the
+    report is also their heartbeat); a client not heard from for
+    CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
+    stream: any replica can take it (the reports are kept in PostgreSQL, so every
+    replica lists every client), a client in any language needs no stream of its own
+    beside its WatchConfig, and a lost report is repaired by the next. Needs
+    "config:read" on the organization.
+    """
+    ListConfigClients: _grpc.UnaryUnaryMultiCallable[_config_pb2.ListConfigClientsRequest, _config_pb2.ListConfigClientsResponse]
+    """Lists the organization's watching clients that reported within the grace
+    period (optionally those matching a label selector), with the revision each has
+    applied, its lag behind the organization's revision and its last refusal: which
+    pod runs which configuration, and whether a change has rolled out everywhere.
+    """
     PurgeConfig: _grpc.UnaryUnaryMultiCallable[_config_pb2.PurgeConfigRequest, _empty_pb2.Empty]
     """Removes everything ConfigService holds for an organization (values, history,
     schemas, revision and request records), for an organization being deleted.
@@ -262,6 +279,23 @@ class ConfigServiceAsyncStub(ConfigServiceStub):
     it has caught up. The server may end a stream at any time with UNAVAILABLE (for
     example on shutdown, or when the client reads too slowly); the client then
     resumes from its last revision with backoff.
+    """
+    ReportConfigStatus: _aio.UnaryUnaryMultiCallable[_config_pb2.ReportConfigStatusRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Reports what one watching client (a pod's SDK watcher) holds: the revision it
+    has applied, or the revision it refused and why. Clients report after each
+    revision they apply or refuse, and every few seconds while nothing changes (the
+    report is also their heartbeat); a client not heard from for
+    CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
+    stream: any replica can take it (the reports are kept in PostgreSQL, so every
+    replica lists every client), a client in any language needs no stream of its own
+    beside its WatchConfig, and a lost report is repaired by the next. Needs
+    "config:read" on the organization.
+    """
+    ListConfigClients: _aio.UnaryUnaryMultiCallable[_config_pb2.ListConfigClientsRequest, _config_pb2.ListConfigClientsResponse]  # type: ignore[assignment]
+    """Lists the organization's watching clients that reported within the grace
+    period (optionally those matching a label selector), with the revision each has
+    applied, its lag behind the organization's revision and its last refusal: which
+    pod runs which configuration, and whether a change has rolled out everywhere.
     """
     PurgeConfig: _aio.UnaryUnaryMultiCallable[_config_pb2.PurgeConfigRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes everything ConfigService holds for an organization (values, history,
@@ -458,6 +492,35 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         it has caught up. The server may end a stream at any time with UNAVAILABLE (for
         example on shutdown, or when the client reads too slowly); the client then
         resumes from its last revision with backoff.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportConfigStatus(
+        self,
+        request: _config_pb2.ReportConfigStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Reports what one watching client (a pod's SDK watcher) holds: the revision it
+        has applied, or the revision it refused and why. Clients report after each
+        revision they apply or refuse, and every few seconds while nothing changes (the
+        report is also their heartbeat); a client not heard from for
+        CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
+        stream: any replica can take it (the reports are kept in PostgreSQL, so every
+        replica lists every client), a client in any language needs no stream of its own
+        beside its WatchConfig, and a lost report is repaired by the next. Needs
+        "config:read" on the organization.
+        """
+
+    @_abc_1.abstractmethod
+    def ListConfigClients(
+        self,
+        request: _config_pb2.ListConfigClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_config_pb2.ListConfigClientsResponse, _abc.Awaitable[_config_pb2.ListConfigClientsResponse]]:
+        """Lists the organization's watching clients that reported within the grace
+        period (optionally those matching a label selector), with the revision each has
+        applied, its lag behind the organization's revision and its last refusal: which
+        pod runs which configuration, and whether a change has rolled out everywhere.
         """
 
     @_abc_1.abstractmethod
