@@ -202,8 +202,14 @@ async def organization_transaction(
     role: str,
     isolation: str = "read_committed",
     readonly: bool = False,
+    durable: bool = True,
 ) -> AsyncIterator[Any]:
     """A transaction in which row-level security sees only ``organization``.
+
+    ``durable=False`` commits without waiting for the disk (``synchronous_commit``
+    off, for this transaction only): for writes that a crash may lose because they
+    are derived and rewritten anyway (a status the next reconcile writes again, a
+    client's heartbeat). The commit is still atomic and never reorders.
 
     The transaction runs as ``role`` (a role without BYPASSRLS that owns nothing, so
     the policies apply even when the pool connects as a superuser) with ``app.org_id``
@@ -212,9 +218,11 @@ async def organization_transaction(
     """
     async with pool.acquire() as conn, conn.transaction(isolation=isolation, readonly=readonly):
         await conn.execute(
-            "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true)",
+            "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true), "
+            "set_config('synchronous_commit', $3, true)",
             role,
             organization,
+            "on" if durable else "off",
         )
         yield conn
 

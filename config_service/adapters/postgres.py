@@ -29,7 +29,7 @@ class ConfigStore:
 
     @contextlib.asynccontextmanager
     async def transaction(
-        self, organization: str, *, snapshot: bool = False
+        self, organization: str, *, snapshot: bool = False, durable: bool = True
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that sees ``organization`` only.
 
@@ -43,6 +43,7 @@ class ConfigStore:
             role=TENANT_ROLE,
             isolation="repeatable_read" if snapshot else "read_committed",
             readonly=snapshot,
+            durable=durable,
         ) as conn:
             yield conn
 

@@ -80,10 +80,9 @@ class ConfigClients:
         rejection_reason: str,
     ) -> None:
         """Records a client's report (its heartbeat too)."""
-        async with self._store.transaction(organization) as conn:
-            # A report lost in a crash is repaired by the next one: no need to wait
-            # for the disk.
-            await conn.execute("SET LOCAL synchronous_commit = off")
+        # A report lost in a crash is repaired by the next one: no need to wait for
+        # the disk.
+        async with self._store.transaction(organization, durable=False) as conn:
             await conn.execute(
                 "INSERT INTO config.clients AS c (organization, client_id, labels, "
                 "  applied_revision, rejected_revision, rejection_reason, rejected_at, "

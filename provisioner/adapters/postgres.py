@@ -42,7 +42,10 @@ _COLUMNS = (
 )
 
 
-_SET_TENANT = "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true)"
+_SET_TENANT = (
+    "SELECT set_config('role', $1, true), set_config('app.org_id', $2, true), "
+    "set_config('synchronous_commit', $3, true)"
+)
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +54,7 @@ async def org_transaction(
 ) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on ``conn`` in which row-level security sees only ``organization``."""
     async with conn.transaction(readonly=readonly):
-        await conn.execute(_SET_TENANT, TENANT_ROLE, organization)
+        await conn.execute(_SET_TENANT, TENANT_ROLE, organization, "on")
         yield conn
 
 
@@ -88,21 +91,27 @@ class TenantSession:
         self._unsure = False
 
     @contextlib.asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(
+        self, *, readonly: bool = False, durable: bool = True
+    ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction in which row-level security sees only this tenant; it tries the
-        tenant lock first unless it is held already."""
+        tenant lock first unless it is held already. ``durable=False``: its commit does
+        not wait for the disk (for a status the next reconcile would write again)."""
+        commit = "on" if durable else "off"
         async with self.conn.transaction(readonly=readonly):
             if self.locked:
-                await self.conn.execute(_SET_TENANT, TENANT_ROLE, self.organization)
+                await self.conn.execute(_SET_TENANT, TENANT_ROLE, self.organization, commit)
             else:
                 self._unsure = True
                 self.locked = bool(
                     await self.conn.fetchval(
                         "SELECT pg_try_advisory_lock($3), "
-                        "set_config('role', $1, true), set_config('app.org_id', $2, true)",
+                        "set_config('role', $1, true), set_config('app.org_id', $2, true), "
+                        "set_config('synchronous_commit', $4, true)",
                         TENANT_ROLE,
                         self.organization,
                         self._key,
+                        commit,
                     )
                 )
                 self._unsure = False

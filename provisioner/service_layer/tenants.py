@@ -425,7 +425,9 @@ class Tenants:
             observation=observation,
             backend=self.backend.kind.value,
         )
-        async with session.transaction() as conn:
+        # The status is derived from what the backend answered: a crash that lost this
+        # commit leaves the environment due, and the next reconcile writes it again.
+        async with session.transaction(durable=False) as conn:
             recorded = await pg.record_status(
                 conn,
                 env.organization,

@@ -41,11 +41,12 @@ class TenantStore:
 
     @contextlib.asynccontextmanager
     async def org(
-        self, organization: str, *, readonly: bool = False
+        self, organization: str, *, readonly: bool = False, durable: bool = True
     ) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction that sees ``organization`` only."""
+        """A transaction that sees ``organization`` only (``durable``: see
+        :func:`servicekit.db.organization_transaction`)."""
         async with organization_transaction(
-            self.pool, organization, role=TENANT_ROLE, readonly=readonly
+            self.pool, organization, role=TENANT_ROLE, readonly=readonly, durable=durable
         ) as conn:
             yield conn
 

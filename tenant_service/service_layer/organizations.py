@@ -286,8 +286,13 @@ class Organizations:
             return await self._failed(org, str(exc), temporary=exc.temporary)
         if env.state == "READY":
             SAGA_STEPS.labels("provision", "ready").inc()
+            # Not waiting for the disk: a crash that lost this commit leaves the saga
+            # step due, and it runs again (it is idempotent) to the same end.
             return await self._move(
-                org, OrgState.ACTIVE, expect=(OrgState.PROVISIONING, OrgState.FAILED)
+                org,
+                OrgState.ACTIVE,
+                expect=(OrgState.PROVISIONING, OrgState.FAILED),
+                durable=False,
             )
         if env.state == "FAILED":
             SAGA_STEPS.labels("provision", "env_failed").inc()
@@ -361,8 +366,9 @@ class Organizations:
         failures: int = 0,
         attempt_in: float = 0.0,
         expect: tuple[OrgState, ...] | None = None,
+        durable: bool = True,
     ) -> Organization:
-        async with self._store.org(org.slug) as conn:
+        async with self._store.org(org.slug, durable=durable) as conn:
             moved = await pg.set_state(
                 conn,
                 org.slug,
