@@ -189,7 +189,14 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
     )
     if resources.platform.token is None:
         resources.platform.token = ServiceToken(key)  # TenantService signs its own
-    tenancy = Tenancy(store, revoker, key, limits_from(resources.platform))
+    tenancy = Tenancy(
+        store,
+        revoker,
+        key,
+        limits_from(resources.platform),
+        owners_changed=organizations.owners_changed,
+        grace=timing.grace,
+    )
     keys = resources.verifier.keys if resources.verifier is not None else None
     servicer = TenantServiceServicer(
         users, organizations, tenancy, keys=keys, signer=lambda: key.signer

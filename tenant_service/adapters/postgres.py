@@ -434,12 +434,55 @@ async def set_state(
 async def due_organizations(conn: asyncpg.Connection, limit: int) -> list[str]:
     """Organizations whose saga step is due (across organizations: the saga loop)."""
     rows = await conn.fetch(
-        "SELECT organization FROM tenant.organizations WHERE state IN "
-        "('PROVISIONING', 'FAILED', 'DELETING') AND next_attempt_at <= now() "
+        "SELECT organization FROM tenant.organizations WHERE (state IN "
+        "('PROVISIONING', 'FAILED', 'DELETING') OR (state = 'ACTIVE' AND "
+        "owners_version > owners_applied)) AND next_attempt_at <= now() "
         "ORDER BY next_attempt_at LIMIT $1",
         limit,
     )
     return [row["organization"] for row in rows]
+
+
+async def owners_changed(conn: asyncpg.Connection, organization: str, attempt_in: float) -> None:
+    """The set of owners changed: the environment must grant the new one (a saga step
+    due in ``attempt_in`` seconds, unless one is due sooner)."""
+    await conn.execute(
+        "UPDATE tenant.organizations SET owners_version = owners_version + 1, "
+        "next_attempt_at = LEAST(next_attempt_at, now() + make_interval(secs => $2)) "
+        "WHERE organization = $1",
+        organization,
+        attempt_in,
+    )
+
+
+async def owners_sync(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
+    """(owners_version, owners_applied) of an organization."""
+    row = await conn.fetchrow(
+        "SELECT owners_version, owners_applied FROM tenant.organizations WHERE organization = $1",
+        organization,
+    )
+    return (int(row["owners_version"]), int(row["owners_applied"])) if row else (0, 0)
+
+
+async def owners_applied(
+    conn: asyncpg.Connection, organization: str, version: int | None, *, retry_in: float = 0.0
+) -> None:
+    """Records that the owners of ``version`` are granted (or, with ``version`` None,
+    that applying them failed: the step is due again in ``retry_in`` seconds)."""
+    if version is None:
+        await conn.execute(
+            "UPDATE tenant.organizations SET failures = failures + 1, "
+            "next_attempt_at = now() + make_interval(secs => $2) WHERE organization = $1",
+            organization,
+            retry_in,
+        )
+        return
+    await conn.execute(
+        "UPDATE tenant.organizations SET owners_applied = GREATEST(owners_applied, $2), "
+        "failures = 0 WHERE organization = $1",
+        organization,
+        version,
+    )
 
 
 async def user_organizations(

@@ -271,12 +271,44 @@ class Organizations:
                 org = await pg.load_organization(conn, slug)
                 if org is None:
                     raise NotFound(RESOURCE, slug, metadata={"organization": slug})
+                # The version before the owners: a change committed in between is then
+                # applied again later, never marked applied without being applied.
+                version, applied = await pg.owners_sync(conn, slug)
                 owners = [email for _, email in await pg.owners(conn, slug, lock=False)]
             if org.state in (OrgState.PROVISIONING, OrgState.FAILED):
-                return await self._provision(org, owners)
+                org = await self._provision(org, owners)
+                if org.state is OrgState.ACTIVE:
+                    await self._owners_applied(slug, version)  # those owners are granted
+                return org
             if org.state is OrgState.DELETING:
                 return await self._deprovision(org)
+            if org.state is OrgState.ACTIVE and version > applied:
+                await self._sync_owners(org, owners, version)
             return org
+
+    def owners_changed(self, slug: str) -> None:
+        """The set of owners changed: grant the new one now, in the background (the saga
+        loop retries if this fails)."""
+        self._in_background(slug)
+
+    async def _sync_owners(self, org: Organization, owners: list[str], version: int) -> None:
+        """Applies the current owners to the environment (its RoleBinding)."""
+        try:
+            env = await self._platform.provision(org.slug, owners)
+        except StepFailed as exc:
+            SAGA_STEPS.labels("owners", "temporary" if exc.temporary else "permanent").inc()
+            await self._owners_applied(org.slug, None)
+            return
+        if env.state != "READY":
+            SAGA_STEPS.labels("owners", "pending").inc()
+            await self._owners_applied(org.slug, None)
+            return
+        SAGA_STEPS.labels("owners", "ready").inc()
+        await self._owners_applied(org.slug, version)
+
+    async def _owners_applied(self, slug: str, version: int | None) -> None:
+        async with self._store.org(slug) as conn:
+            await pg.owners_applied(conn, slug, version, retry_in=self.timing.poll)
 
     async def _provision(self, org: Organization, owners: list[str]) -> Organization:
         try:

@@ -53,11 +53,18 @@ class Tenancy:
         revoker: Revoker,
         key: SigningKey,
         limits: LimitsFor,
+        owners_changed: Callable[[str], None] = lambda _: None,
+        grace: float = 1.0,
     ) -> None:
+        """``owners_changed(organization)`` is called after a change to the set of
+        owners commits (the saga grants the new owners their namespace); the step is
+        also due ``grace`` seconds later for the saga loop, should that call fail."""
         self._store = store
         self._revoker = revoker
         self._key = key
         self._limits = limits
+        self._owners_changed = owners_changed
+        self._grace = grace
 
     # -- shared steps -------------------------------------------------------------------
 
@@ -151,7 +158,11 @@ class Tenancy:
             member = await pg.insert_member(conn, organization, user.id, role)
             if member is None:
                 raise AlreadyExists("Member", user.id, f"{user.email} is already a member")
+            if role is Role.OWNER:
+                await pg.owners_changed(conn, organization, self._grace)
             await self._remember(conn, organization, request, {"user_id": user.id})
+        if role is Role.OWNER:
+            self._owners_changed(organization)
         return member
 
     async def get_member(self, organization: str, user_id: str) -> Member:
@@ -197,7 +208,12 @@ class Tenancy:
             updated = await pg.set_member_role(conn, organization, user_id, role)
             revoked = access_revocations(await pg.revoke_member_tokens(conn, organization, user_id))
             await self._revoker.record(conn, revoked)
+            owners_changed = Role.OWNER in (role, member.role)
+            if owners_changed:
+                await pg.owners_changed(conn, organization, self._grace)
         await self._revoker.publish(revoked)
+        if owners_changed:
+            self._owners_changed(organization)
         return updated
 
     async def remove_member(
@@ -232,8 +248,12 @@ class Tenancy:
             await pg.delete_member(conn, organization, user_id)
             revoked = access_revocations(await pg.revoke_member_tokens(conn, organization, user_id))
             await self._revoker.record(conn, revoked)
+            if member.role is Role.OWNER:
+                await pg.owners_changed(conn, organization, self._grace)
             await self._remember(conn, organization, request, {})
         await self._revoker.publish(revoked)
+        if member.role is Role.OWNER:
+            self._owners_changed(organization)
 
     # -- projects -----------------------------------------------------------------------
 

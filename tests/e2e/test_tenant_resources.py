@@ -12,12 +12,15 @@ from typing import Any
 import grpc
 import pytest
 from agentready import AsyncConfigWatcher, WatcherState
+from agentready.provisioner.v1 import provisioner_pb2 as ppb
+from agentready.provisioner.v1 import provisioner_service_pb2_grpc
 from agentready.tenant.v1 import tenant_pb2 as pb
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from servicekit.server import RunningServer
 from tenant_service.domain.model import Role
 from tenant_service.domain.permissions import RULES
+from tests.conftest import Keys
 from tests.e2e.tenant_support import (
     Code,
     Person,
@@ -835,3 +838,39 @@ async def test_pages_of_big_notes_stay_receivable_by_a_default_client(api: Tenan
             break
     assert seen == created
     assert pages > 1
+
+
+async def test_the_environment_grants_exactly_the_current_owners(
+    api: TenantApi, servers: dict[str, RunningServer], keys: Keys
+) -> None:
+    # The namespace's RoleBinding follows the owners: a promoted member gains it, an
+    # owner who leaves loses it, without anyone asking the Provisioner.
+    owner, org = await api.owner_of_new_org()
+    second = await api.join(owner, org, pb.ROLE_ADMIN)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['provisioner'].port}") as channel:
+        provisioner: Any = provisioner_service_pb2_grpc.ProvisionerServiceStub(channel)
+
+        async def owners() -> list[str]:
+            env = await provisioner.GetTenantEnvironment(
+                ppb.GetTenantEnvironmentRequest(organization=org),
+                metadata=bearer(keys.token(org, "viewer")),
+                timeout=10,
+            )
+            return sorted(env.owners)
+
+        assert await owners() == [owner.email]
+        await api.stub.UpdateMember(
+            pb.UpdateMemberRequest(
+                member=pb.Member(organization=org, user_id=second.id, role=pb.ROLE_OWNER)
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        both = sorted([owner.email, second.email])
+        assert await eventually(owners, lambda o: o == both) == both
+        await api.stub.DeleteMember(
+            pb.DeleteMemberRequest(organization=org, user_id=owner.id),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        assert await eventually(owners, lambda o: o == [second.email]) == [second.email]
