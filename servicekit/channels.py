@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import grpc
 
+from servicekit import tracing
 from servicekit.settings import Settings
 
 
 def client_channel(target: str, settings: Settings) -> grpc.aio.Channel:
     """A channel to another server of the suite at ``target`` (``host:port``)."""
+    interceptors = tracing.client_interceptors()  # none unless tracing is on
     if settings.tls_ca_file is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
     key = settings.tls_key_file.read_bytes() if settings.tls_key_file else None
     chain = settings.tls_cert_file.read_bytes() if settings.tls_cert_file else None
     credentials = grpc.ssl_channel_credentials(
@@ -21,7 +23,7 @@ def client_channel(target: str, settings: Settings) -> grpc.aio.Channel:
         private_key=key,
         certificate_chain=chain,
     )
-    return grpc.aio.secure_channel(target, credentials)
+    return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

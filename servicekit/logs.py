@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any
 
+from opentelemetry import trace
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -50,12 +52,24 @@ class JsonFormatter(logging.Formatter):
             value = var.get()
             if value is not None:
                 entry[key] = value
+        entry.update(trace_fields())
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def trace_fields() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current span (W3C hex), when tracing is on."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "trace_id": trace.format_trace_id(context.trace_id),
+        "span_id": trace.format_span_id(context.span_id),
+    }
 
 
 class TextFormatter(logging.Formatter):

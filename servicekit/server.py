@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from servicekit import db
+from servicekit import db, tracing
 from servicekit.auth import KeySet, TokenVerifier
 from servicekit.channels import client_channel, server_credentials
 from servicekit.errors import SettingsError
@@ -205,7 +205,12 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
         await pool.close()
         raise
     verifier = build_verifier(settings)
-    redis = connect_redis(settings.redis_url)
+    redis = connect_redis(
+        settings.redis_url,
+        sentinels=settings.redis_sentinels,
+        sentinel_master=settings.redis_sentinel_master,
+        sentinel_password=settings.redis_sentinel_password,
+    )
     revocations = RevocationList(redis, prefix=settings.redis_prefix)
     streams = StreamGuards(
         per_token=settings.max_streams_per_token,
@@ -236,12 +241,14 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     resources.on_shutdown(platform.stop)
     server = grpc.aio.server(
         interceptors=[
+            # Tracing first (none when off), so the call's span is current in the rest.
+            *tracing.server_interceptors(),
             ServerInterceptor(
                 verifier=verifier,
                 public_methods=spec.public_methods,
                 rate_limiter=RateLimiter(redis, platform.rate_limit, prefix=settings.redis_prefix),
                 streams=streams,
-            )
+            ),
         ],
         options=[
             ("grpc.so_reuseport", 0),
@@ -255,6 +262,7 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
             # it were silently never served.
             ("grpc.server.max_pending_requests", 50_000),
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
+            *connection_age_options(settings),
         ],
     )
     health_servicer = health.aio.HealthServicer()
@@ -315,6 +323,26 @@ async def start(spec: ServiceSpec, settings: Settings) -> RunningServer:
     return running
 
 
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """``GRPC_MAX_CONNECTION_AGE_SECONDS`` as gRPC server options (none when 0).
+
+    Behind a layer-4 load balancer (a Kubernetes Service) a client keeps its HTTP/2
+    connection, and so its replica, for as long as the connection lives: replicas added
+    by a scale-up would get no streams. A GOAWAY after a maximum age makes clients
+    reconnect and spread again; the grace lets calls in flight finish, then ends
+    long-lived streams, which the SDK resumes from their last revision.
+    """
+    if not settings.grpc_max_connection_age_seconds:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * 1000)),
+        (
+            "grpc.max_connection_age_grace_ms",
+            int(settings.grpc_max_connection_age_grace_seconds * 1000),
+        ),
+    ]
+
+
 def tune_garbage_collector(thresholds: tuple[int, int, int] | None) -> None:
     """Fewer, cheaper garbage collections once the server is up.
 
@@ -350,6 +378,11 @@ def main(spec: ServiceSpec) -> int:
         return 2
     configure_logging(spec.name, level=settings.log_level, fmt=settings.log_format)
     try:
+        tracing.configure(spec.name)
+    except SettingsError as exc:
+        print(f"{spec.name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
         if settings.event_loop == "uvloop":
             import uvloop
 
@@ -362,4 +395,6 @@ def main(spec: ServiceSpec) -> int:
     except (ConnectionError, OSError, db.MigrationError) as exc:
         print(f"{spec.name}: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()
     return 0

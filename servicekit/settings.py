@@ -58,6 +58,13 @@ class Settings:
     max_streams_per_token: int = 1000
     max_streams_per_organization: int = 10000
     redis_prefix: str = "agentready"
+    # Redis through Sentinel: (host, port) of each sentinel, and the master's name.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str | None = None
+    # Connections older than this get a GOAWAY (0: never), so clients rebalance.
+    grpc_max_connection_age_seconds: float = 0.0
+    grpc_max_connection_age_grace_seconds: float = 30.0
     # Service-specific settings, validated: name → int, float or str.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -91,6 +98,20 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "goes in it (`redis://user:password@host:6379/0`).",
     ),
     (
+        "REDIS_SENTINELS",
+        "(unset)",
+        "Comma-separated `host:port` of Redis Sentinels; when set, the servers ask them for "
+        "the master named `REDIS_SENTINEL_MASTER` (and follow a failover), and `REDIS_URL` "
+        "gives only the password, database and TLS (its host is not used).",
+    ),
+    ("REDIS_SENTINEL_MASTER", "mymaster", "Name of the master the Sentinels watch."),
+    (
+        "REDIS_SENTINEL_PASSWORD",
+        "(unset)",
+        "Password of the Sentinels themselves, when they require one (the master's is in "
+        "`REDIS_URL`).",
+    ),
+    (
         "REDIS_KEY_PREFIX",
         "agentready",
         "Prefix of every Redis key the servers share (token revocations, rate-limit and "
@@ -106,6 +127,18 @@ COMMON_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "<SVC>_METRICS_PORT / METRICS_PORT",
         "9451 / 9452 / 9453",
         "Prometheus `/metrics` port; `off` disables it, 0 picks a free one.",
+    ),
+    (
+        "GRPC_MAX_CONNECTION_AGE_SECONDS",
+        "0",
+        "Age after which the server asks a client to reconnect (HTTP/2 GOAWAY), so clients "
+        "spread over replicas added since; 0 never does. Behind a load balancer, e.g. 300.",
+    ),
+    (
+        "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        "30",
+        "How long RPCs on a connection past its age may go on (a WatchConfig stream is "
+        "then ended with UNAVAILABLE and the SDK resumes it on a new connection).",
     ),
     ("LOG_LEVEL", "INFO", "One of DEBUG, INFO, WARNING, ERROR."),
     ("LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
@@ -398,6 +431,15 @@ def load_settings(
         tls_ca_file=tls["TLS_CA_FILE"],
         grpc_reflection=read.choice("GRPC_REFLECTION", "on", ("on", "off"), upper=False) == "on",
         redis_prefix=_redis_prefix(read),
+        redis_sentinels=_redis_sentinels(read),
+        redis_sentinel_master=read.string("REDIS_SENTINEL_MASTER", "mymaster"),
+        redis_sentinel_password=read.raw("REDIS_SENTINEL_PASSWORD")[1],
+        grpc_max_connection_age_seconds=read.seconds(
+            "GRPC_MAX_CONNECTION_AGE_SECONDS", 0.0, hi=86400 * 30
+        ),
+        grpc_max_connection_age_grace_seconds=read.seconds(
+            "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 30.0, hi=86400
+        ),
         max_streams_per_token=read.integer("MAX_STREAMS_PER_TOKEN", 1000, lo=1, hi=10**7),
         max_streams_per_organization=read.integer(
             "MAX_STREAMS_PER_ORGANIZATION", 10000, lo=1, hi=10**7
@@ -413,6 +455,25 @@ def _redis_prefix(read: _Reader) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
         raise SettingsError(f"{var}={value!r}: 1-64 letters, digits or . _ : -")
     return value
+
+
+def _redis_sentinels(read: _Reader) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (``[v6::addr]:port`` for IPv6) → ((host, port), ...)."""
+    var, value = read.raw("REDIS_SENTINELS")
+    if value is None:
+        return ()
+    sentinels: list[tuple[str, int]] = []
+    for item in value.split(","):
+        entry = item.strip()
+        try:
+            parts = urlsplit(f"//{entry}")
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host, port = None, None
+        if not entry or not host or port is None or not 1 <= port <= 65535:
+            raise SettingsError(f"{var}={value!r}: expected host:port[,host:port...]")
+        sentinels.append((host, port))
+    return tuple(sentinels)
 
 
 TLS_FILES = ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE", "TLS_CA_FILE")
