@@ -12,11 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import Counter, Gauge
+
 from provisioner.adapters import postgres as pg
 from provisioner.service_layer.tenants import Tenants
 from servicekit.leader import LeaderLock
 
 log = logging.getLogger(__name__)
+
+RECONCILES = Counter(
+    "provisioner_reconciles_total",
+    "Environments converged by the reconcile loop, by outcome: ok, failed (an error is "
+    "recorded in the environment's status) or error (the attempt itself raised).",
+    ["outcome"],
+)
+LEADER = Gauge(
+    "provisioner_reconcile_leader", "1 while this replica holds the reconcile leader lock."
+)
 
 
 class ReconcileLoop:
@@ -51,12 +63,15 @@ class ReconcileLoop:
         try:
             while True:
                 try:
-                    if await self.leader.check():
+                    leading = await self.leader.check()
+                    LEADER.set(1 if leading else 0)
+                    if leading:
                         await self.run_once()
                 except Exception:
                     log.exception("reconcile pass failed")
                 await asyncio.sleep(self._tick)
         finally:
+            LEADER.set(0)
             await self.leader.release()
 
     async def run_once(self) -> int:
@@ -71,9 +86,11 @@ class ReconcileLoop:
                 if not self.leader.held:
                     return  # leadership lost mid-pass: leave the rest to the new leader
                 try:
-                    await self._tenants.converge(organization, only_if_due=True)
+                    env = await self._tenants.converge(organization, only_if_due=True)
                     done += 1
+                    RECONCILES.labels("failed" if env.last_error else "ok").inc()
                 except Exception:
+                    RECONCILES.labels("error").inc()
                     log.exception(
                         "reconcile of %s failed", organization, extra={"organization": organization}
                     )
