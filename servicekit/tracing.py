@@ -4,7 +4,8 @@ The official gRPC instrumentation does the work: a server interceptor starts a s
 RPC (continuing the caller's trace from the ``traceparent`` metadata) and the client
 interceptors on the channels between servers (:mod:`servicekit.channels`) start a child
 span and send ``traceparent`` on, so an organization's saga is one trace from
-TenantService's ``CreateOrganization`` to the Provisioner's ``ProvisionTenant``. Health
+TenantService's ``CreateOrganization`` to the Provisioner's ``ProvisionTenant`` and its
+Kubernetes API requests (the aiohttp instrumentation on its HTTP session). Health
 checks are left out: probes would otherwise be most of the spans.
 
 Everything is read from the standard variables, by the SDK itself:
@@ -26,6 +27,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -110,6 +112,17 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
         tracer_provider=_provider
     )
     return interceptors
+
+
+def http_trace_configs() -> list[aiohttp.TraceConfig]:
+    """The aiohttp instrumentation for a new HTTP client session (the Provisioner's
+    Kubernetes API calls), or none when off."""
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+
+    config: aiohttp.TraceConfig = create_trace_config(tracer_provider=_provider)
+    return [config]
 
 
 def shutdown() -> None:

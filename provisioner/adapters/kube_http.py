@@ -46,6 +46,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import is_socks_proxy_url, should_bypass_proxies
 
 from provisioner.domain.model import BackendError
+from servicekit import tracing
 
 JSON = "application/json"
 # Errors a retry of the same call may cure.
@@ -202,6 +203,8 @@ class KubeHttp:
                 timeout=self._timeout,
                 headers={"Accept": JSON, "User-Agent": _USER_AGENT},
                 auto_decompress=True,
+                # A client span per API request when tracing is on (none otherwise).
+                trace_configs=tracing.http_trace_configs(),
             )
         return self._session
 

@@ -1,12 +1,14 @@
-"""OpenTelemetry: an organization's saga is one trace across TenantService and the
-Provisioner, made by the official gRPC instrumentation; JSON logs carry its ids; and
-without an OTLP endpoint nothing is instrumented."""
+"""OpenTelemetry: an organization's saga is one trace across TenantService, the
+Provisioner and its Kubernetes API requests, made by the official gRPC and aiohttp
+instrumentations; JSON logs carry its ids; and without an OTLP endpoint nothing is
+instrumented."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,12 +20,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from config_service.app import SPEC as CONFIG
 from provisioner.app import SPEC as PROVISIONER
 from servicekit import tracing
+from servicekit.devstack import scratch_database
 from servicekit.errors import SettingsError
 from servicekit.logs import JsonFormatter
 from servicekit.server import RunningServer, start
 from servicekit.settings import load_settings
 from tenant_service.app import SPEC as TENANT
 from tests.e2e.tenant_support import TenantApi, eventually
+from tests.fakekube import FakeKubeServer
 
 CREATE = "/agentready.tenant.v1.TenantService/CreateOrganization"
 PROVISION = "/agentready.provisioner.v1.ProvisionerService/ProvisionTenant"
@@ -44,17 +48,37 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
+def kube() -> Iterator[FakeKubeServer]:
+    with FakeKubeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def database_of_our_own(postgres_server_url: str) -> Iterator[str]:
+    """The session's servers reconcile the shared database; these use one of their own."""
+    with scratch_database(postgres_server_url, "agentready_trace") as url:
+        yield url
+
+
+@pytest.fixture
 async def traced_servers(
-    exporter: InMemorySpanExporter, server_env: dict[str, str]
+    exporter: InMemorySpanExporter,
+    server_env: dict[str, str],
+    database_of_our_own: str,
+    kube: FakeKubeServer,
+    tmp_path: Path,
 ) -> AsyncIterator[dict[str, RunningServer]]:
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
     running: dict[str, RunningServer] = {}
     try:
         for spec in (CONFIG, PROVISIONER, TENANT):
-            env = dict(server_env)
+            env = dict(server_env, DATABASE_URL=database_of_our_own, METRICS_PORT="off")
             if "config" in running:
                 env["CONFIG_ADDRESS"] = f"127.0.0.1:{running['config'].port}"
             if spec.name == "tenant":
                 env["TENANT_PROVISIONER_ADDRESS"] = f"127.0.0.1:{running['provisioner'].port}"
+            if spec.name == "provisioner":
+                env.update(PROVISIONER_BACKEND="kubernetes", KUBECONFIG=str(kubeconfig))
             settings = load_settings(spec.name, env, extra=spec.extra_settings)
             running[spec.name] = await start(spec, settings)
         yield running
@@ -102,6 +126,25 @@ async def test_an_organization_saga_is_one_trace_across_two_services(
     assert client.parent.span_id == created.context.span_id
     assert server.parent.span_id == client.context.span_id
     assert server.parent.is_remote
+    # The Provisioner's Kubernetes API requests are children of its ProvisionTenant
+    # span: the namespace created by server-side apply among them.
+    api_calls = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.kind == trace.SpanKind.CLIENT
+        and s.context is not None
+        and s.context.trace_id == trace_id
+        and "/api/v1/namespaces/org-" in str((s.attributes or {}).get("http.url", ""))
+    ]
+    assert api_calls, [s.name for s in exporter.get_finished_spans()]
+    by_id = {s.context.span_id: s for s in exporter.get_finished_spans() if s.context}
+    for call in api_calls:
+        ancestor = call
+        while ancestor.parent is not None and ancestor.parent.span_id in by_id:
+            ancestor = by_id[ancestor.parent.span_id]
+            if ancestor is server:
+                break
+        assert ancestor is server, f"{call.name} is not under ProvisionTenant"
     assert org.slug
     # Health checks (probes every few seconds) are not traced.
     assert not [s for s in exporter.get_finished_spans() if "grpc.health" in s.name]
