@@ -18,6 +18,7 @@ from agentready.provisioner.v1 import provisioner_service_pb2, provisioner_servi
 from provisioner.adapters.backend import Backend
 from provisioner.adapters.gitops import GitOpsBackend
 from provisioner.adapters.kubernetes import KubernetesBackend
+from provisioner.domain.manifests import parse_platform_services
 from provisioner.domain.model import Quota
 from provisioner.domain.quantity import QuantityError, parse_quantity
 from provisioner.entrypoints.grpc_api import ProvisionerServiceServicer
@@ -129,6 +130,12 @@ SETTINGS = {
     "PROVISIONER_MAX_QUOTA_STORAGE": ExtraSetting(
         "1Ti", "Largest storage quota a tenant may give itself (operators may go above)."
     ),
+    "PROVISIONER_PLATFORM_EGRESS": ExtraSetting(
+        "agentready/agentready-config:50052",
+        "Platform services tenant pods may reach through their namespace's default-deny "
+        "NetworkPolicy, as `<namespace>/<app.kubernetes.io/name>:<port>`, comma-separated "
+        "(default: ConfigService, so pods can watch their configuration); empty: none.",
+    ),
     "PROVISIONER_LEADER_LOCK": ExtraSetting(
         "agentready:provisioner:leader",
         "Name of the PostgreSQL advisory lock the reconcile leader holds; replicas "
@@ -186,8 +193,12 @@ def max_quota(extra: Mapping[str, Any]) -> Quota:
 def build_backend(settings: Settings) -> Backend:
     """The backend the settings name."""
     extra = settings.extra
+    try:
+        platform = parse_platform_services(str(extra["PROVISIONER_PLATFORM_EGRESS"]))
+    except ValueError as exc:
+        raise SettingsError(f"PROVISIONER_PLATFORM_EGRESS: {exc}") from exc
     if choose_backend(extra) == "gitops":
-        return GitOpsBackend(Path(extra["PROVISIONER_GITOPS_DIR"]).absolute())
+        return GitOpsBackend(Path(extra["PROVISIONER_GITOPS_DIR"]).absolute(), platform=platform)
     kubeconfig = _given(extra["KUBECONFIG"])
     try:
         return KubernetesBackend.from_config(
@@ -198,6 +209,7 @@ def build_backend(settings: Settings) -> Backend:
             # No threads any more (the calls run on the event loop): the setting now
             # bounds the pooled connections alone.
             connections=extra["PROVISIONER_KUBE_WORKERS"],
+            platform=platform,
         )
     except Exception as exc:  # the config loaders raise several kinds
         raise SettingsError(f"cannot load the Kubernetes configuration: {exc}") from exc

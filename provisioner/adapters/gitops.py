@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,12 @@ def _dump(obj: Any) -> str:
     return HEADER + text
 
 
-def render(spec: TenantSpec, *, revoked: bool = False) -> dict[str, str]:
+def render(
+    spec: TenantSpec,
+    *,
+    revoked: bool = False,
+    platform: Sequence[manifests.PlatformService] = (),
+) -> dict[str, str]:
     """File name → content of a tenant directory.
 
     Args:
@@ -59,7 +65,9 @@ def render(spec: TenantSpec, *, revoked: bool = False) -> dict[str, str]:
         objects["rolebinding.yaml"] = manifests.role_binding(spec)
     objects["resourcequota.yaml"] = manifests.resource_quota(spec)
     objects["limitrange.yaml"] = manifests.limit_range(spec)
-    objects["networkpolicy.yaml"] = manifests.network_policy(spec, deny_all=revoked)
+    objects["networkpolicy.yaml"] = manifests.network_policy(
+        spec, deny_all=revoked, platform=platform
+    )
     files = {name: _dump(obj) for name, obj in objects.items()}
     files["kustomization.yaml"] = _dump(
         {
@@ -94,8 +102,9 @@ class GitOpsBackend(Backend):
 
     kind = BackendKind.GITOPS
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, platform: Sequence[manifests.PlatformService] = ()) -> None:
         self.root = root
+        self._platform = tuple(platform)
 
     def directory(self, spec: TenantSpec) -> Path:
         """Where the tenant's manifests live."""
@@ -103,7 +112,7 @@ class GitOpsBackend(Backend):
 
     async def apply(self, spec: TenantSpec) -> ApplyReport:
         try:
-            await asyncio.to_thread(self._write, spec, render(spec))
+            await asyncio.to_thread(self._write, spec, render(spec, platform=self._platform))
         except OSError as exc:
             error = _os_error(exc)
             return ApplyReport([StepResult(ConditionType.NAMESPACE, error)])

@@ -88,8 +88,16 @@ class KubernetesBackend(Backend):
 
     kind = BackendKind.KUBERNETES
 
-    def __init__(self, http: KubeHttp, *, attempts: int = 3, retry_base: float = 0.2) -> None:
+    def __init__(
+        self,
+        http: KubeHttp,
+        *,
+        attempts: int = 3,
+        retry_base: float = 0.2,
+        platform: Sequence[manifests.PlatformService] = (),
+    ) -> None:
         self._http = http
+        self._platform = tuple(platform)
         self._attempts = max(1, attempts)
         self._retry_base = retry_base
 
@@ -102,6 +110,7 @@ class KubernetesBackend(Backend):
         attempts: int = 3,
         retry_base: float = 0.2,
         connections: int = 16,
+        platform: Sequence[manifests.PlatformService] = (),
     ) -> Self:
         """From a kubeconfig file, or in-cluster when ``kubeconfig`` is None.
 
@@ -111,7 +120,7 @@ class KubernetesBackend(Backend):
         """
         configuration = load_configuration(str(kubeconfig) if kubeconfig else None)
         http = KubeHttp(configuration, timeout=timeout, pool_size=connections)
-        return cls(http, attempts=attempts, retry_base=retry_base)
+        return cls(http, attempts=attempts, retry_base=retry_base, platform=platform)
 
     async def close(self) -> None:
         await self._http.close()
@@ -186,7 +195,7 @@ class KubernetesBackend(Backend):
             return ApplyReport(
                 [StepResult(ConditionType.NAMESPACE, waiting)], Observation(namespace_phase=phase)
             )
-        objects = manifests.guard_objects(spec)
+        objects = manifests.guard_objects(spec, platform=self._platform)
         outcomes = await asyncio.gather(
             *(self._apply(objects[kind]) for kind in GUARDS), return_exceptions=True
         )

@@ -11,6 +11,9 @@ for that label.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from provisioner.domain.model import ConditionType, TenantSpec
@@ -132,8 +135,46 @@ def limit_range(spec: TenantSpec) -> Manifest:
     }
 
 
-def network_policy(spec: TenantSpec, *, deny_all: bool = False) -> Manifest:
-    """Default deny both ways; allowed: the namespace's own pods, and DNS to kube-dns.
+@dataclasses.dataclass(frozen=True)
+class PlatformService:
+    """A platform service tenant pods may reach through their default-deny policy:
+    the pods labelled ``app.kubernetes.io/name=<app>`` in ``namespace``, on ``port``."""
+
+    namespace: str
+    app: str
+    port: int
+
+
+_PLATFORM_SERVICE = re.compile(
+    r"(?P<namespace>[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/"
+    r"(?P<app>[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?):(?P<port>[0-9]{1,5})"
+)
+
+
+def parse_platform_services(text: str) -> tuple[PlatformService, ...]:
+    """``"agentready/agentready-config:50052,..."`` (empty: none).
+
+    Raises:
+        ValueError: an entry is not ``<namespace>/<app>:<port>``.
+    """
+    found: list[PlatformService] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        match = _PLATFORM_SERVICE.fullmatch(entry)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"{entry!r} is not <namespace>/<app>:<port>")
+        found.append(PlatformService(match["namespace"], match["app"], int(match["port"])))
+    return tuple(found)
+
+
+def network_policy(
+    spec: TenantSpec, *, deny_all: bool = False, platform: Sequence[PlatformService] = ()
+) -> Manifest:
+    """Default deny both ways; allowed: the namespace's own pods, DNS to kube-dns, and
+    the ``platform`` services (ConfigService, so that tenant pods can watch their
+    configuration).
 
     With ``deny_all`` (deprovisioning) the allow rules go too: nothing in or out.
     """
@@ -154,6 +195,20 @@ def network_policy(spec: TenantSpec, *, deny_all: bool = False) -> Manifest:
                 ],
                 "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
             },
+            *(
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": target.namespace}
+                            },
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": target.app}},
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": target.port}],
+                }
+                for target in platform
+            ),
         ]
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -167,11 +222,13 @@ def network_policy(spec: TenantSpec, *, deny_all: bool = False) -> Manifest:
     }
 
 
-def guard_objects(spec: TenantSpec) -> dict[ConditionType, Manifest]:
+def guard_objects(
+    spec: TenantSpec, *, platform: Sequence[PlatformService] = ()
+) -> dict[ConditionType, Manifest]:
     """The guard objects, by the condition each one backs, in a stable order."""
     return {
         ConditionType.RBAC: role_binding(spec),
         ConditionType.QUOTA: resource_quota(spec),
         ConditionType.LIMIT_RANGE: limit_range(spec),
-        ConditionType.NETWORK_POLICY: network_policy(spec),
+        ConditionType.NETWORK_POLICY: network_policy(spec, platform=platform),
     }

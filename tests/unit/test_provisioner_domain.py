@@ -13,6 +13,11 @@ import pytest
 from provisioner.adapters.kube_http import classify, status_error
 from provisioner.app import SETTINGS, choose_backend
 from provisioner.domain.checks import check_labels, check_owners
+from provisioner.domain.manifests import (
+    PlatformService,
+    network_policy,
+    parse_platform_services,
+)
 from provisioner.domain.model import (
     ApplyReport,
     BackendError,
@@ -20,6 +25,7 @@ from provisioner.domain.model import (
     ConditionType,
     Quota,
     StepResult,
+    TenantSpec,
     conditions_after,
     unknown_conditions,
 )
@@ -168,3 +174,41 @@ def test_the_backend_is_chosen_from_the_settings(tmp_path: Path) -> None:
         choose_backend({**defaults, "PROVISIONER_BACKEND": "kubernetes"})
     with pytest.raises(SettingsError, match="no such file"):
         choose_backend({**defaults, "KUBECONFIG": str(tmp_path / "missing")})
+
+
+def test_tenant_pods_may_reach_the_platform_services_and_nothing_else() -> None:
+    platform = parse_platform_services("agentready/agentready-config:50052, ops/tools:8443")
+    assert platform == (
+        PlatformService("agentready", "agentready-config", 50052),
+        PlatformService("ops", "tools", 8443),
+    )
+    spec = TenantSpec("acme", ("ada@example.com",), Quota(), {})
+    egress = network_policy(spec, platform=platform)["spec"]["egress"]
+    assert egress[2:] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "agentready"}
+                    },
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "agentready-config"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 50052}],
+        },
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "tools"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8443}],
+        },
+    ]
+    # Deprovisioning denies everything, the platform included.
+    assert "egress" not in network_policy(spec, deny_all=True, platform=platform)["spec"]
+    assert parse_platform_services("") == ()
+    for bad in ("agentready-config:50052", "ns/app", "ns/app:0", "NS/app:1", "ns/app:99999"):
+        with pytest.raises(ValueError, match="namespace"):
+            parse_platform_services(bad)
