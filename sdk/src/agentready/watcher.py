@@ -445,9 +445,13 @@ class AsyncConfigWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._report_wanted.wait(), self._report_interval)
             self._report_wanted.clear()
-            if not self._have_state or self._from_file:
+            if not self._have_state:
                 continue
-            token = self._token() if callable(self._token) else self._token
+            try:
+                token = self._token() if callable(self._token) else self._token
+            except Exception:  # a token provider failing now may work next time
+                log.warning("no token for the status report", exc_info=True)
+                continue
             request = config_pb2.ReportConfigStatusRequest(
                 organization=self.organization,
                 client_id=self.client_id,
