@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, json_format
 
+from agentready._private.call import TokenSource, current_token, is_provider
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.errors import from_rpc_error
 from agentready.flags import FlagResult, evaluate_flag
@@ -99,6 +100,23 @@ class ConfigEvent:
 Listener = Callable[[ConfigEvent], None]
 
 
+class RevisionRefused(Exception):
+    """:meth:`AsyncConfigWatcher.wait_for_revision`: the revision arrived but the
+    validator refused it; the values served are older.
+
+    Attributes:
+        revision: the revision waited for.
+        rejected_revision: the last revision refused.
+        reason: why it was refused.
+    """
+
+    def __init__(self, revision: int, rejected_revision: int, reason: str) -> None:
+        super().__init__(f"revision {revision} not served: {reason or 'refused'}")
+        self.revision = revision
+        self.rejected_revision = rejected_revision
+        self.reason = reason
+
+
 def plain_value(value: config_pb2.Value) -> Any:
     """A ``Value`` as plain Python: str, int, float, bool, JSON, or the FeatureFlag."""
     kind = value.WhichOneof("kind")
@@ -127,8 +145,9 @@ class AsyncConfigWatcher:
         target: the ConfigService address (any gRPC target, e.g. ``host:50052`` or
             ``ipv4:10.0.0.1:50052,10.0.0.2:50052``), or pass ``channel``.
         organization: the organization's slug.
-        token: a bearer token, or a callable returning the current one (asked at
-            every connection, so it may refresh).
+        token: a bearer token, a callable returning the current one (asked at every
+            connection, so it may refresh), or credentials such as
+            :class:`agentready.Session` or :class:`agentready.EnvironmentToken`.
         services: only these services' keys (empty: all).
         channel: an existing channel to use instead of ``target`` (not closed by us).
         stale_after: seconds without a stream after which the values count as stale.
@@ -152,7 +171,7 @@ class AsyncConfigWatcher:
         target: str | None,
         organization: str,
         *,
-        token: str | Callable[[], str],
+        token: TokenSource,
         services: Sequence[str] = (),
         channel: grpc.aio.Channel | None = None,
         stale_after: float = 30.0,
@@ -184,6 +203,7 @@ class AsyncConfigWatcher:
         # The server's state as streamed; differs from _entries (what is served) while
         # the validator refuses it.
         self._server_entries: Mapping[Key, config_pb2.ConfigEntry] = {}
+        self._revision_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._revision = 0  # the stream's position: where a new stream resumes
         self._applied_revision = 0  # the revision whose state is served
         self._rejected: tuple[int, str] = (0, "")
@@ -332,6 +352,45 @@ class AsyncConfigWatcher:
             return FlagResult(False, "", None, "missing")
         return evaluate_flag(value, subject, service=service, key=key)
 
+    async def wait_for_revision(self, revision: int, timeout: float | None = 10.0) -> int:  # noqa: ASYNC109
+        """Waits until the watcher serves ``revision`` (or a later one), its listeners
+        called: read-your-writes after a write through any replica, e.g.
+        ``await watcher.wait_for_revision((await client.set(...)).revision)``.
+
+        Returns:
+            The revision now served (at least ``revision``).
+
+        Raises:
+            RevisionRefused: the stream reached ``revision`` but the validator refused
+                it, so the values served are older (see :attr:`rejected`).
+            TimeoutError: not reached within ``timeout`` seconds.
+        """
+        if self._revision < revision:
+            waiter = asyncio.get_running_loop().create_future()
+            entry = (revision, waiter)
+            self._revision_waiters.append(entry)
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            finally:
+                self._revision_waiters.remove(entry)
+        if self._applied_revision < revision:
+            raise RevisionRefused(revision, *self._rejected)
+        return self._applied_revision
+
+    @property
+    def _revision(self) -> int:
+        return self._stream_revision
+
+    @_revision.setter
+    def _revision(self, revision: int) -> None:
+        # Every place that moves the stream's position wakes the waiters through here.
+        # They resume once this message is handled whole (validated, served, listeners
+        # called): a woken coroutine runs only when the stream task next yields.
+        self._stream_revision = revision
+        for wanted, waiter in self._revision_waiters:
+            if revision >= wanted and not waiter.done():
+                waiter.set_result(None)
+
     # -- the stream ------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -339,7 +398,7 @@ class AsyncConfigWatcher:
         stub = config_service_pb2_grpc.ConfigServiceStub(self._channel)
         delay = self._backoff[0]
         while True:
-            token = self._token() if callable(self._token) else self._token
+            token = await current_token(self._token)
             request = config_pb2.WatchConfigRequest(
                 organization=self.organization,
                 services=self._services,
@@ -361,7 +420,7 @@ class AsyncConfigWatcher:
                 if (
                     error.code() == grpc.StatusCode.UNAUTHENTICATED
                     and self._connected  # ended mid-stream, not refused at the door
-                    and callable(self._token)
+                    and is_provider(self._token)
                     and from_rpc_error(error).reason in _TOKEN_ENDED
                 ):
                     # The stream outlived its token: ask the provider for a fresh one
@@ -448,7 +507,7 @@ class AsyncConfigWatcher:
             if not self._have_state:
                 continue
             try:
-                token = self._token() if callable(self._token) else self._token
+                token = await current_token(self._token)
             except Exception:  # a token provider failing now may work next time
                 log.warning("no token for the status report", exc_info=True)
                 continue
@@ -534,6 +593,12 @@ class ConfigWatcher:
     def start(self, *, timeout: float | None = 10.0) -> None:
         """Connects and waits for the first state (see :meth:`AsyncConfigWatcher.start`)."""
         self._call(self._watcher.start(timeout=timeout)).result()
+
+    def wait_for_revision(self, revision: int, timeout: float | None = 10.0) -> int:
+        """Blocks until ``revision`` is applied (see
+        :meth:`AsyncConfigWatcher.wait_for_revision`)."""
+        result: int = self._call(self._watcher.wait_for_revision(revision, timeout)).result()
+        return result
 
     def stop(self) -> None:
         """Closes the stream and ends the background thread."""

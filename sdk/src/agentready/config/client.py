@@ -10,6 +10,7 @@ import grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
 
 from agentready._private.call import CallPath, TokenSource
+from agentready._private.sync import SyncFace, blocking, blocking_iter
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.errors import NotFound
 from agentready.watcher import AsyncConfigWatcher, plain_value
@@ -116,6 +117,12 @@ class ConfigClient:
     ) -> config_pb2.ConfigEntry:
         """Sets a key (see :func:`to_value` for the Python types accepted).
 
+        Returns:
+            The key's new entry; its ``revision`` is the organization revision the
+            write committed as: wait for it with
+            :meth:`AsyncConfigWatcher.wait_for_revision` to read your write from a
+            watcher on any replica.
+
         Raises:
             Conflict: ``expected_revision`` or ``etag`` did not match.
             InvalidArgument: a bad name or value, or one the schema refuses.
@@ -168,7 +175,8 @@ class ConfigClient:
         reason: str = "",
         request_id: str | None = None,
     ) -> config_pb2.BatchSetConfigResponse:
-        """Sets (or, with :data:`DELETE`, deletes) several keys as one revision."""
+        """Sets (or, with :data:`DELETE`, deletes) several keys as one revision (the
+        response's ``revision``)."""
         mutations = []
         for (service, key), value in changes.items():
             if value is DELETE:
@@ -200,6 +208,10 @@ class ConfigClient:
             token = page.next_page_token
             if not token:
                 return
+
+    def list_configs(self, service: str = "") -> AsyncIterator[config_pb2.ConfigEntry]:
+        """The same as :meth:`entries` (the name every client's listings share)."""
+        return self.entries(service)
 
     async def history(
         self, service: str = "", key: str = "", *, start_revision: int = 0, end_revision: int = 0
@@ -243,8 +255,49 @@ class ConfigClient:
         )
         return await self._calls.unary(self.stub.RollbackConfig, request, idempotent=True)
 
+    def list_history(
+        self, service: str = "", key: str = "", *, start_revision: int = 0, end_revision: int = 0
+    ) -> AsyncIterator[config_pb2.ConfigHistoryEntry]:
+        """The same as :meth:`history`."""
+        return self.history(service, key, start_revision=start_revision, end_revision=end_revision)
+
     def watcher(self, **options: Any) -> AsyncConfigWatcher:
         """An :class:`AsyncConfigWatcher` on this client's channel and token."""
         return AsyncConfigWatcher(
             None, self.organization, token=self._token, channel=self._channel, **options
         )
+
+
+class SyncConfigClient(SyncFace[ConfigClient]):
+    """:class:`ConfigClient` for code without an event loop: the same methods,
+    blocking, run on a background thread (listings return plain iterators).
+
+    Takes the same arguments as :class:`ConfigClient` (except ``channel``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        organization: str,
+        *,
+        token: TokenSource,
+        timeout: float = 10.0,
+        attempts: int = 8,
+    ) -> None:
+        self.organization = organization
+        super().__init__(
+            lambda: ConfigClient(
+                target, organization, token=token, timeout=timeout, attempts=attempts
+            )
+        )
+
+    get = blocking(ConfigClient.get)
+    get_value = blocking(ConfigClient.get_value)
+    set = blocking(ConfigClient.set)
+    delete = blocking(ConfigClient.delete)
+    batch = blocking(ConfigClient.batch)
+    entries = blocking_iter(ConfigClient.entries)
+    list_configs = blocking_iter(ConfigClient.entries)
+    history = blocking_iter(ConfigClient.history)
+    list_history = blocking_iter(ConfigClient.history)
+    rollback = blocking(ConfigClient.rollback)
