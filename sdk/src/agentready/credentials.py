@@ -268,10 +268,19 @@ class Session(Credentials):
             self._channel = grpc.aio.insecure_channel(self._target or "")
         return tenant_service_pb2_grpc.TenantServiceStub(self._channel)
 
-    async def close(self) -> None:
+    async def close(self, *, logout: bool = True) -> None:
         """Logs out (revokes the access and refresh tokens) and closes the channel.
-        A session already refused by the server closes without error."""
+        A session already refused by the server closes without error.
+
+        Args:
+            logout: False to keep the tokens valid (stored for a later
+                :meth:`resume`, as a CLI does) and only close the channel.
+        """
         if self._closed:
+            return
+        if not logout:
+            self._closed = True
+            await self._close_channel()
             return
         try:
             request = tenant_pb2.LogoutRequest(refresh_token=self._tokens.refresh_token)

@@ -29,14 +29,15 @@ class AgentReadyError(Exception):
         self,
         message: str,
         *,
-        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        code: grpc.StatusCode | None = None,
         reason: str = "",
         metadata: dict[str, str] | None = None,
         field_violations: dict[str, str] | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.code = code
+        # Raised by the SDK itself (no server involved): the code of the class.
+        self.code = code if code is not None else _CODE_OF.get(type(self), grpc.StatusCode.UNKNOWN)
         self.message = message
         self.reason = reason
         self.metadata = metadata or {}
@@ -107,6 +108,11 @@ _BY_CODE: dict[grpc.StatusCode, type[AgentReadyError]] = {
     grpc.StatusCode.INTERNAL: Internal,
     grpc.StatusCode.DATA_LOSS: Internal,
 }
+
+# The code an error raised by the SDK itself carries (the first code mapped to it).
+_CODE_OF: dict[type[AgentReadyError], grpc.StatusCode] = {}
+for _code, _kind in _BY_CODE.items():
+    _CODE_OF.setdefault(_kind, _code)
 
 
 def from_rpc_error(error: grpc.RpcError) -> AgentReadyError:
