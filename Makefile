@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
-HAND_WRITTEN := servicekit tenant_service config_service provisioner sdk/src tests
+HAND_WRITTEN := servicekit tenant_service config_service provisioner sdk/src sdk/examples tests
 ORG    ?= demo
 ROLE   ?= owner
 

@@ -616,6 +616,47 @@ class ConfigWatcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # Typed reads for strict type checkers; they touch no loop state, so they go
+    # straight to the asyncio watcher from any thread.
+    @property
+    def revision(self) -> int:
+        """See :attr:`AsyncConfigWatcher.revision`."""
+        return self._watcher.revision
+
+    @property
+    def state(self) -> WatcherState:
+        """See :attr:`AsyncConfigWatcher.state`."""
+        return self._watcher.state
+
+    @property
+    def age(self) -> float | None:
+        """See :attr:`AsyncConfigWatcher.age`."""
+        return self._watcher.age
+
+    def get(self, service: str, key: str, default: Any = None) -> Any:
+        """See :meth:`AsyncConfigWatcher.get`."""
+        return self._watcher.get(service, key, default)
+
+    def get_str(self, service: str, key: str, default: str = "") -> str:
+        """See :meth:`AsyncConfigWatcher.get_str`."""
+        return self._watcher.get_str(service, key, default)
+
+    def get_int(self, service: str, key: str, default: int = 0) -> int:
+        """See :meth:`AsyncConfigWatcher.get_int`."""
+        return self._watcher.get_int(service, key, default)
+
+    def get_float(self, service: str, key: str, default: float = 0.0) -> float:
+        """See :meth:`AsyncConfigWatcher.get_float`."""
+        return self._watcher.get_float(service, key, default)
+
+    def get_bool(self, service: str, key: str, default: bool = False) -> bool:
+        """See :meth:`AsyncConfigWatcher.get_bool`."""
+        return self._watcher.get_bool(service, key, default)
+
+    def flag(self, service: str, key: str, subject: str) -> FlagResult:
+        """See :meth:`AsyncConfigWatcher.flag`."""
+        return self._watcher.flag(service, key, subject)
+
     def __getattr__(self, name: str) -> Any:
         # Reads (get, get_int, flag, revision, state, age, entries, ...) and
         # add_listener go straight to the asyncio watcher: they touch no loop state.
