@@ -9,7 +9,7 @@ Exit codes (also in ``arkctl --help`` and the SDK README):
 3    not found (``NOT_FOUND``)
 4    permission denied (``PERMISSION_DENIED``)
 5    not authenticated: not logged in, or the token was refused
-6    unavailable: the server could not be reached, or the call timed out
+6    unavailable: the server could not be reached, timed out, or rate-limited the call
 7    conflict: ``ALREADY_EXISTS``, ``ABORTED`` (etag/revision), ``FAILED_PRECONDITION``
 130  interrupted (Ctrl-C)
 ===  =====================================================================
@@ -49,6 +49,8 @@ _EXIT_CODES: dict[type[errors.AgentReadyError], int] = {
 
 def exit_code(error: errors.AgentReadyError) -> int:
     """The exit code for a failed call (see the module doc)."""
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is None:
+        return FAILURE  # a limit of what is stored, not a rate: retrying won't help
     for kind, code in _EXIT_CODES.items():
         if isinstance(error, kind):
             return code
