@@ -157,8 +157,12 @@ async def test_every_command_with_table_and_json_output(arkctl: Arkctl, servers:
     assert key["token"]
     assert key["scopes"] == ["config:read"]
     assert key["id"] in (await arkctl.ok(*org, "sa-key", "list")).out
+    shown = (await arkctl.ok(*org, "sa-key", "create", "--scope", "config:read")).out
+    token = shown.split("shown only this once):\n")[1].strip()
+    assert len(token.split(".")) == 3  # a whole JWT, not cut to the terminal's width
+    assert token.split(".")[2]
     await arkctl.ok(*org, "sa-key", "delete", key["id"])
-    assert (await arkctl.ok(*org, "-o", "json", "sa-key", "list")).json() == []
+    assert len((await arkctl.ok(*org, "-o", "json", "sa-key", "list")).json()) == 1
 
     # config set | get | list | delete | history | rollback
     entry = (await arkctl.ok(*org, "-o", "json", "config", "set", "ai", "threshold", "0.75")).json()
@@ -206,6 +210,7 @@ async def test_every_command_with_table_and_json_output(arkctl: Arkctl, servers:
     # tenant status | quota
     status = (await arkctl.ok("-o", "json", "tenant", "status", slug)).json()
     assert (status["organization"], status["state"]) == (slug, "ready")
+    assert set(status["conditions"].values()) == {"true"}
     assert f"org-{slug}" in (await arkctl.ok(*org, "tenant", "status")).out
     quota = (await arkctl.ok("-o", "json", "tenant", "quota", slug, "--cpu", "4")).json()
     assert {q["resource"]: q["quota"] for q in quota}["cpu"] == "4"

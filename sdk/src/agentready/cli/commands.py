@@ -534,7 +534,12 @@ def sa_key_create(app: App, scopes: Sequence[str], name: str, ttl_days: int | No
             )
         row = as_dict(created.service_account_key)
         row["token"] = created.token
-        emit(row, app.output, columns=[*KEY_COLUMNS, "token"])
+        if app.output != "table":
+            emit(row, app.output)
+            return
+        emit(row, app.output, columns=KEY_COLUMNS)
+        # On a line of its own, whole, to copy: it is shown only this once.
+        click.echo(f"token (shown only this once):\n{created.token}")
 
     run(go())
 
@@ -1061,7 +1066,10 @@ def tenant_status(app: App, organization: str | None) -> None:
         async with app.provisioner(slug) as client:
             environment = await client.get_environment(slug)
         row = env_row(environment)
-        row["conditions"] = {c["type"]: c.get("status", "") for c in row.get("conditions", [])}
+        row["conditions"] = {
+            c["type"]: c.get("status", "").removeprefix("STATUS_").lower()
+            for c in row.get("conditions", [])
+        }
         emit(
             row, app.output, columns=[*ENV_COLUMNS, "backend", "conditions", "last_reconcile_time"]
         )

@@ -62,7 +62,7 @@ def emit(
     if isinstance(data, Mapping):
         table = Table(title=title, show_header=False)
         table.add_column("field", style="bold")
-        table.add_column("value")
+        table.add_column("value", overflow="fold")  # never cut a value short
         for name in columns or list(data):
             table.add_row(name, _cell(data.get(name)))
         console.print(table)
@@ -70,7 +70,7 @@ def emit(
     names = list(columns or (list(data[0]) if data else []))
     table = Table(title=title)
     for name in names:
-        table.add_column(name.upper())
+        table.add_column(name.upper(), overflow="fold")
     for row in data:
         table.add_row(*(_cell(row.get(name)) for name in names))
     console.print(table)
