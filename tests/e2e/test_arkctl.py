@@ -6,6 +6,7 @@ a file only its owner may read."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -17,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 import pytest
 from agentready import ConfigClient, TenantClient
 from agentready.cli import commands
+from agentready.cli.settings import CredentialStore, StoredLogin
 
 from servicekit.devstack import free_port
 from servicekit.server import RunningServer
 from tests.conftest import Keys
-from tests.e2e.tenant_support import PASSWORD, new_email, new_slug
+from tests.e2e.tenant_support import PASSWORD, TenantApi, new_email, new_slug
+from tests.e2e.test_sdk_tenant_client import expired_pair
+from tests.e2e.watching import eventually
 
 Servers = dict[str, RunningServer]
 
@@ -362,3 +367,46 @@ async def test_help_runs_as_a_subprocess(arkctl: Arkctl) -> None:
     assert "Example:" in result.out
     assert "--count" in result.out
     assert "Exit codes" in (await arkctl.ok("--help")).out
+
+
+def lock_waiters(path: Path) -> int:
+    """How many processes wait for the flock on ``path`` (from /proc/locks)."""
+    inode = path.stat().st_ino
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and any(f.endswith(f":{inode}") for f in fields):
+            count += 1
+    return count
+
+
+async def test_concurrent_runs_refresh_the_stored_login_one_at_a_time(
+    arkctl: Arkctl, servers: Servers, keys: Keys
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['tenant'].port}") as channel:
+        person, slug = await TenantApi(channel).owner_of_new_org()
+    # A stored login whose access token has expired: every run must refresh first, and
+    # the refresh token works once (a second use revokes the whole login).
+    pair = expired_pair(keys, person.id, slug, person.refresh, believed=True)
+    store = CredentialStore(arkctl.credentials.parent)
+    store.save(StoredLogin(arkctl.env["ARKCTL_TENANT_ADDRESS"], person.email, slug, pair))
+    lock = arkctl.credentials.parent / "credentials.lock"
+    held = os.open(lock, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the runs line up behind this
+        runs = [
+            asyncio.create_task(arkctl("-o", "json", "--org", slug, "member", "list"))
+            for _ in range(4)
+        ]
+        try:
+            await eventually(lambda: lock_waiters(lock) == 4, timeout=30)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        results = await asyncio.gather(*runs)
+    finally:
+        os.close(held)
+    assert [r.code for r in results] == [0] * 4, results
+    stored = store.load()
+    assert stored is not None
+    assert stored.tokens.refresh_token != person.refresh
+    assert (await arkctl.ok("-o", "json", "org", "list")).json()[0]["slug"] == slug
