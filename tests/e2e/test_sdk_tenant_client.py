@@ -15,6 +15,7 @@ import grpc
 import pytest
 from agentready import (
     AlreadyExists,
+    AsyncConfigWatcher,
     ConfigClient,
     Conflict,
     EnvironmentToken,
@@ -295,3 +296,23 @@ async def test_a_pod_token_comes_from_its_environment(
         assert await config.get_value("ai", "k") == 1
     with pytest.raises(Unauthenticated):
         EnvironmentToken(environ={}).current()
+
+
+async def test_a_watcher_on_a_session_gets_past_an_expired_token(
+    servers: Servers, keys: Keys
+) -> None:
+    tenant = address(servers, "tenant")
+    async with grpc.aio.insecure_channel(tenant) as channel:
+        person, slug = await TenantApi(channel).owner_of_new_org()
+    # The session believes its access token is fresh; the server finds it expired.
+    pair = expired_pair(keys, person.id, slug, person.refresh, believed=False)
+    session = Session.resume(tenant, pair, organization=slug)
+    try:
+        async with AsyncConfigWatcher(
+            address(servers, "config"), slug, token=session, backoff_max=30
+        ) as watcher:
+            # Refused at the door, it refreshes at once instead of waiting 30 s.
+            assert watcher.revision == 0
+        assert session.refreshes == 1
+    finally:
+        await session.close()

@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, json_format
 
-from agentready._private.call import TokenSource, current_token, is_provider
+from agentready._private.call import Credentials, TokenSource, current_token, is_provider
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.errors import from_rpc_error
 from agentready.flags import FlagResult, evaluate_flag
@@ -426,6 +426,10 @@ class AsyncConfigWatcher:
                     # The stream outlived its token: ask the provider for a fresh one
                     # and resume at once from the last revision (nothing is lost).
                     wait = 0.0
+                elif isinstance(self._token, Credentials) and await self._token.rejected(
+                    token, from_rpc_error(error).reason
+                ):
+                    wait = 0.0  # refused at the door, and a login session has refreshed
             finally:
                 if self._connected or self._lost_at is None:
                     self._lost_at = time.monotonic()
