@@ -31,7 +31,13 @@ from agentready.errors import (
 from agentready.flags import FlagResult, evaluate_flag
 from agentready.provisioner.client import ProvisionerClient, SyncProvisionerClient
 from agentready.tenant.client import SyncTenantClient, TenantClient
-from agentready.watcher import AsyncConfigWatcher, ConfigEvent, ConfigWatcher, WatcherState
+from agentready.watcher import (
+    AsyncConfigWatcher,
+    ConfigEvent,
+    ConfigWatcher,
+    RevisionRefused,
+    WatcherState,
+)
 
 __version__ = "0.1.0"
 
@@ -55,6 +61,7 @@ __all__ = [
     "PermissionDenied",
     "ProvisionerClient",
     "ResourceExhausted",
+    "RevisionRefused",
     "Session",
     "SyncConfigClient",
     "SyncProvisionerClient",

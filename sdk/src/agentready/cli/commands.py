@@ -857,6 +857,7 @@ def config_watch(app: App, services: Sequence[str], count: int | None) -> None:
             token=token,
             services=services,
             on_change=lambda event: events.put_nowait((event, time.time())),
+            report_status=False,  # an operator looking on is not a client of the rollout
         )
         try:
             await watcher.start(timeout=app.timeout)
