@@ -120,6 +120,11 @@ def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` means the database was unreachable (retry), not a bug."""
     if isinstance(exc, asyncpg.InterfaceError):
         return "closed" in str(exc) or "connection" in str(exc)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A connection the server dropped mid-operation (a restart) is left with its
+        # protocol in that operation; the next statement on it (e.g. the COMMIT)
+        # then fails with this instead of a connection error.
+        return "another operation" in str(exc)
     return isinstance(exc, _CONNECTION_ERRORS) or (
         isinstance(exc, OSError) and exc.errno is not None
     )
