@@ -81,7 +81,15 @@ def test_make_run_from_a_clean_clone(tmp_path: Path) -> None:
             text=True,
             timeout=120,
         )
-        assert steps.returncode == 0, steps.stderr
+        assert steps.returncode == 0, (
+            steps.stderr
+            + "\n--- servers ---\n"
+            + "\n".join(
+                line
+                for line in log.read_text(errors="replace").splitlines()
+                if any(mark in line for mark in ("ERROR", "WARNING", "Traceback", "Error"))
+            )
+        )
         assert '"state": "STATE_ACTIVE"' in steps.stdout, steps.stdout
         assert '"revision": "1"' in steps.stdout, steps.stdout
         os.killpg(process.pid, signal.SIGINT)
