@@ -5,10 +5,12 @@ last refusal; a client that goes away drops out after the grace period."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +21,7 @@ from agentready.watcher import AsyncConfigWatcher
 from servicekit.devstack import REPO_ROOT
 from tests.conftest import Keys
 from tests.e2e.tenant_support import bearer, rpc_error
+from tests.e2e.test_arkctl import arkctl_path
 from tests.e2e.watching import Replica
 from tests.rpcerrors import field_violations
 
@@ -55,8 +58,22 @@ def refuse_bad(entries: Mapping[tuple[str, str], Any]) -> None:
         raise ValueError("'bad' must not be set")
 
 
+async def arkctl(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Runs the installed arkctl; (exit code, standard output)."""
+    process = await asyncio.create_subprocess_exec(
+        arkctl_path(),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode() + err.decode()
+
+
 async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
-    replicas: list[Replica], keys: Keys
+    replicas: list[Replica], keys: Keys, tmp_path: Path
 ) -> None:
     org = f"roll-{uuid.uuid4().hex[:8]}"
     token = keys.token(org)
@@ -136,6 +153,29 @@ async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
             assert picky.revision == good.revision
             assert ("app", "bad") not in picky.entries()
             assert list(await clients(stub, org, md, "app!=web")) == ["jobs/worker-0"]
+
+            # What a deploy pipeline runs after the change: the refusal fails the wait
+            # (exit 8) with the straggler named; the workers alone have all applied it.
+            env = {
+                **os.environ,
+                "XDG_CONFIG_HOME": str(tmp_path),
+                "ARKCTL_CONFIG_ADDRESS": first,
+                "ARKCTL_ORG": org,
+                "ARKCTL_TOKEN": token,
+            }
+            code, out = await arkctl(env, "-o", "json", "config", "rollout", "--wait")
+            assert code == 8
+            report = json.loads(out)
+            assert (report["revision"], report["complete"]) == (bad.revision, False)
+            statuses = {c["client"]: c["status"] for c in report["clients"]}
+            assert statuses == {"web/a": "applied", "web/b": "refused", "jobs/worker-0": "applied"}
+            code, out = await arkctl(
+                env, "-o", "json", "config", "rollout", "-l", "app!=web", "--wait"
+            )
+            assert (code, json.loads(out)["complete"]) == (0, True)
+            code, out = await arkctl(env, "config", "rollout")
+            assert code == 0
+            assert f"revision {bad.revision}: 2 of 3 clients applied it" in out
 
             # The pod in its own process is killed: no goodbye. It drops out after the
             # grace period; the others, still reporting, stay.

@@ -11,6 +11,8 @@ Exit codes (also in ``arkctl --help`` and the SDK README):
 5    not authenticated: not logged in, or the token was refused
 6    unavailable: the server could not be reached, timed out, or rate-limited the call
 7    conflict: ``ALREADY_EXISTS``, ``ABORTED`` (etag/revision), ``FAILED_PRECONDITION``
+8    rollout incomplete: ``config rollout --wait`` found clients that refused the
+     revision, or did not apply it in time
 130  interrupted (Ctrl-C)
 ===  =====================================================================
 """
@@ -31,6 +33,7 @@ PERMISSION_DENIED = 4
 UNAUTHENTICATED = 5
 UNAVAILABLE = 6
 CONFLICT = 7
+ROLLOUT_INCOMPLETE = 8
 INTERRUPTED = 130
 
 _EXIT_CODES: dict[type[errors.AgentReadyError], int] = {

@@ -14,6 +14,7 @@ from typing import Any
 import click
 from google.protobuf import json_format, struct_pb2
 
+from agentready.cli import ROLLOUT_INCOMPLETE
 from agentready.cli.app import ATTEMPTS, App, pass_app
 from agentready.cli.output import FORMATS, as_dict, emit, message
 from agentready.cli.settings import StoredLogin
@@ -84,7 +85,7 @@ def cli(
     credentials.json beside it (mode 0600).
 
     Exit codes: 0 ok, 1 other failure, 2 invalid input, 3 not found, 4 permission
-    denied, 5 not authenticated, 6 unavailable, 7 conflict, 130 interrupted.
+    denied, 5 not authenticated, 6 unavailable, 7 conflict, 8 rollout incomplete, 130 interrupted.
 
     \b
     Example:
@@ -884,6 +885,91 @@ def config_watch(app: App, services: Sequence[str], count: int | None) -> None:
         run(go())
     except TimeoutError:
         raise Unavailable(f"no snapshot from {app.config_address} within {app.timeout} s") from None
+
+
+def client_row(client: config_pb2.ConfigClient, target: int) -> dict[str, Any]:
+    if client.applied_revision >= target:
+        status = "applied"
+    elif client.rejected_revision >= target:
+        status = "refused"
+    else:
+        status = "behind"
+    return {
+        "client": client.client_id,
+        "labels": ",".join(f"{k}={v}" for k, v in sorted(client.labels.items())),
+        "status": status,
+        "applied": client.applied_revision,
+        "lag": client.lag,
+        "refused": client.rejected_revision or "",
+        "reason": client.rejection_reason,
+        "last_seen": _time(client.last_seen),
+    }
+
+
+CLIENT_COLUMNS = ["client", "labels", "status", "applied", "lag", "refused", "reason", "last_seen"]
+
+
+@config.command("rollout")
+@click.option(
+    "-l", "--selector", default="", help="Only clients with these labels: app=web,tier!=canary."
+)
+@click.option(
+    "--revision",
+    type=click.IntRange(min=0),
+    help="The revision to roll out (default: the organization's current one).",
+)
+@click.option("--wait", is_flag=True, help="Wait until every client has applied it.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up (exit 8).",
+)
+@pass_app
+def config_rollout(
+    app: App, selector: str, revision: int | None, wait: bool, wait_timeout: float
+) -> int:
+    """Shows which watching client (pod) has applied which revision, with its lag and
+    its last refusal. With --wait, blocks until every client (of --selector) has
+    applied the revision and exits 0; a client that refuses it, or a wait past
+    --wait-timeout, ends with the stragglers listed and exit code 8.
+
+    \b
+    Example:
+      arkctl --org acme config set ai threshold 0.8
+      arkctl --org acme config rollout --selector app=checkout --wait --wait-timeout 120
+    """
+
+    async def go() -> int:
+        organization = app.org()
+        async with app.config(organization) as client:
+            current, clients = await client.clients(selector)
+            target = current if revision is None else revision
+            deadline = time.monotonic() + wait_timeout
+            while wait:
+                rows = [client_row(c, target) for c in clients]
+                if all(r["status"] == "applied" for r in rows):
+                    break
+                if any(r["status"] == "refused" for r in rows) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+                _, clients = await client.clients(selector)
+        rows = [client_row(c, target) for c in clients]
+        stragglers = [r for r in rows if r["status"] != "applied"]
+        if app.output == "table":
+            emit(rows, app.output, columns=CLIENT_COLUMNS)
+            done = len(rows) - len(stragglers)
+            click.echo(f"revision {target}: {done} of {len(rows)} clients applied it")
+        else:
+            emit(
+                {"revision": target, "clients": rows, "complete": not stragglers},
+                app.output,
+                columns=[],
+            )
+        return ROLLOUT_INCOMPLETE if wait and stragglers else 0
+
+    return asyncio.run(go())  # the exit code (arkctl's main returns it)
 
 
 def _print_line(fmt: str, text: str, **fields: Any) -> None:

@@ -235,6 +235,31 @@ class ConfigClient:
             if not token:
                 return
 
+    async def clients(self, label_selector: str = "") -> tuple[int, list[config_pb2.ConfigClient]]:
+        """Rollout status: the organization's revision, and every watching client heard
+        from within the grace period (optionally those matching ``label_selector``, e.g.
+        ``"app=checkout,tier!=canary"``) with the revision it applied, its lag and its
+        last refusal."""
+        token, found, revision = "", [], 0
+        while True:
+            request = config_pb2.ListConfigClientsRequest(
+                organization=self.organization,
+                label_selector=label_selector,
+                page_size=500,
+                page_token=token,
+            )
+            page = await self._calls.unary(self.stub.ListConfigClients, request, idempotent=True)
+            found += list(page.clients)
+            revision = max(revision, page.revision)
+            token = page.next_page_token
+            if not token:
+                return revision, found
+
+    async def usage(self) -> config_pb2.ConfigUsage:
+        """What the organization stores against its limits (keys, bytes, schemas)."""
+        request = config_pb2.GetConfigUsageRequest(organization=self.organization)
+        return await self._calls.unary(self.stub.GetConfigUsage, request, idempotent=True)
+
     async def rollback(
         self,
         revision: int,
