@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' | sort)
+# The etcd v3 API subset the benchmark drives; stubs generated beside the protos.
+BENCH_PROTOS := $(sort $(wildcard tests/bench/etcdv3/*.proto))
 HAND_WRITTEN := servicekit tenant_service config_service provisioner sdk/src sdk/examples tests
 ORG    ?= demo
 ROLE   ?= owner
@@ -54,6 +56,8 @@ format: $(STAMP)
 proto: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos --python_out=sdk/src --grpc_python_out=sdk/src \
 		--mypy_out=sdk/src --mypy_grpc_out=sdk/src $(PROTOS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. $(BENCH_PROTOS)
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

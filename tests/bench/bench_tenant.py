@@ -31,7 +31,8 @@ from agentready.provisioner.v1 import provisioner_service_pb2_grpc
 from agentready.tenant.v1 import tenant_pb2 as pb
 from agentready.tenant.v1 import tenant_service_pb2_grpc
 
-from tests.bench.common import bench_environment, ms, percentile
+from tests.bench.common import bench_environment
+from tests.bench.results import RESULTS
 from tests.conftest import Keys
 
 if TYPE_CHECKING:
@@ -42,11 +43,8 @@ PASSWORD = "correct horse battery staple"
 
 
 def summary(name: str, samples: list[float]) -> None:
-    print(
-        f"{name}: p50 {ms(percentile(samples, 50))}, p90 {ms(percentile(samples, 90))}, "
-        f"p99 {ms(percentile(samples, 99))}, max {ms(max(samples))} (n={len(samples)})",
-        flush=True,
-    )
+    """Prints the distribution and adds it to the results table."""
+    RESULTS.latency("tenant", name, samples)
 
 
 async def throughput(
@@ -64,7 +62,7 @@ async def throughput(
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - started
-    print(f"{name}: {done / elapsed:.0f}/s with {clients} concurrent clients", flush=True)
+    RESULTS.figure("tenant", f"{name}, {clients} concurrent clients", done / elapsed, "/s")
 
 
 class Session:
