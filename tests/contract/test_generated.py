@@ -54,6 +54,40 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert stale == [], f"stale generated code, run `make proto`: {stale}"
 
 
+def test_bench_etcd_stubs_are_fresh(tmp_path: Path) -> None:
+    # The benchmark's etcd v3 API subset: generated beside its protos by `make proto`.
+    bin_dir = Path(sys.executable).parent
+    folder = Path("tests") / "bench" / "etcdv3"
+    protos = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / folder).glob("*.proto"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO_ROOT),
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            f"--mypy_out={tmp_path}",
+            f"--mypy_grpc_out={tmp_path}",
+            *protos,
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        check=True,
+        capture_output=True,
+    )
+
+    def stubs(root: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((root / folder).glob("*_pb2*.py*"))}
+
+    fresh, committed = stubs(tmp_path), stubs(REPO_ROOT)
+    assert fresh, "protoc generated nothing"
+    assert sorted(committed) == sorted(fresh), "generated files differ: run `make proto`"
+    stale = [name for name in fresh if fresh[name] != committed[name]]
+    assert stale == [], f"stale generated code, run `make proto`: {stale}"
+
+
 def test_every_package_has_messages_and_a_service() -> None:
     for package in ("tenant", "config", "provisioner"):
         folder = REPO_ROOT / "protos" / "agentready" / package / "v1"
