@@ -455,38 +455,32 @@ async def _postgres_commit(url: str, calls: int) -> tuple[list[float], list[floa
 # -- 3. fan-out -----------------------------------------------------------------------
 
 
-def _fanout(
+async def _fanout(
     side: str, port: int, organization: str, token: str, watchers: int, writes: int
 ) -> list[float]:
     """Until the last of ``watchers`` streams (over 4 processes) has each change."""
-    with Watchers(
-        side, port, organization, token, processes=4, per_process=watchers // 4
-    ) as streams:
-
-        async def run() -> list[float]:
-            delays = []
-            writer = Ours(port, organization, token)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-            kv: Any = rpc_pb2_grpc.KVStub(channel)
-
-            async def write() -> int:
-                if side == "ours":
-                    return await writer.set()
-                return await etcd.put(kv, organization.encode(), b"v")
-
-            try:
-                for i in range(writes + 5):
-                    started = time.monotonic()
-                    revision = await write()
-                    arrived = await asyncio.to_thread(streams.arrival, revision)
-                    if i >= 5:
-                        delays.append(arrived - started)
-            finally:
-                await writer.close()
-                await channel.close()
-            return delays
-
-        return asyncio.run(run())
+    streams = await asyncio.to_thread(
+        Watchers, side, port, organization, token, processes=4, per_process=watchers // 4
+    )
+    writer = Ours(port, organization, token)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    kv: Any = rpc_pb2_grpc.KVStub(channel)
+    delays = []
+    try:
+        for i in range(writes + 5):
+            started = time.monotonic()
+            if side == "ours":
+                revision = await writer.set()
+            else:
+                revision = await etcd.put(kv, organization.encode(), b"v")
+            arrived = await asyncio.to_thread(streams.arrival, revision)
+            if i >= 5:
+                delays.append(arrived - started)
+    finally:
+        await writer.close()
+        await channel.close()
+        await asyncio.to_thread(streams.close)
+    return delays
 
 
 # -- 4. throughput and CPU ------------------------------------------------------------
@@ -549,14 +543,19 @@ async def _load_etcd(port: int, pid: int, seconds: float, clients: int) -> None:
 # -- 5. idle streams ------------------------------------------------------------------
 
 
-def _idle(side: str, port: int, pid: int, organization: str, token: str, streams: int) -> None:
-    time.sleep(1)
+async def _idle(
+    side: str, port: int, pid: int, organization: str, token: str, streams: int
+) -> None:
+    await asyncio.sleep(1)
     before = _rss_kib(pid)
-    with Watchers(
-        side, port, organization, token, processes=4, per_process=streams // 4, channels=8
-    ):
-        time.sleep(2)
+    watchers = await asyncio.to_thread(
+        Watchers, side, port, organization, token, processes=4, per_process=streams // 4, channels=8
+    )
+    try:
+        await asyncio.sleep(2)
         after = _rss_kib(pid)
+    finally:
+        await asyncio.to_thread(watchers.close)
     name = "ConfigService" if side == "ours" else "etcd"
     RESULTS.figure(
         IDLE,
@@ -593,93 +592,117 @@ def main(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-        def organization() -> tuple[str, str]:
-            slug = f"bench-{uuid.uuid4().hex[:8]}"
-            return slug, keys.token(slug)
+        asyncio.run(
+            _measure(
+                size,
+                env,
+                keys,
+                first=first,
+                second=second,
+                floor=floor,
+                etcd_port=etcd_port,
+                etcd_pid=etcd_pid,
+            )
+        )
 
-        # 1. hot reload
-        changes = size["changes"]
-        org, token = organization()
-        delays, trips = asyncio.run(_hot_reload_ours(first.port, first.port, org, token, changes))
-        RESULTS.latency(HOT, "ours: SetConfig → SDK listener, same replica", delays)
-        RESULTS.latency(PARTS, "of which SetConfig's round trip (same replica run)", trips)
-        org, token = organization()
-        delays, _ = asyncio.run(_hot_reload_ours(first.port, second.port, org, token, changes))
-        RESULTS.latency(HOT, "ours: SetConfig → SDK listener, other replica", delays)
-        org, token = organization()
-        delays, _ = asyncio.run(
-            _hot_reload_ours(first.port, first.port, org, token, changes, report_status=False)
-        )
-        RESULTS.latency(HOT, "ours: same replica, SDK without rollout-status reports", delays)
-        if etcd_port:
-            delays, trips = asyncio.run(_hot_reload_etcd(etcd_port, changes))
-            RESULTS.latency(HOT, "etcd: Put → watch event", delays)
-            RESULTS.latency(PARTS, "of which etcd Put's round trip", trips)
-            for replica in ("same", "other"):
-                RESULTS.ratio(
-                    f"hot reload, {replica} replica / etcd",
-                    f"ours: SetConfig → SDK listener, {replica} replica",
-                    "etcd: Put → watch event",
-                )
 
-        # 2. the decomposition
-        calls = size["calls"]
-        RESULTS.latency(
-            FLOOR, "bare grpc.aio health server (uvloop)", asyncio.run(_health(floor, calls))
-        )
-        RESULTS.latency(
-            FLOOR, "ConfigService health check", asyncio.run(_health(first.port, calls))
-        )
-        if etcd_port:
-            try:
-                RESULTS.latency(FLOOR, "etcd health check", asyncio.run(_health(etcd_port, calls)))
-            except grpc.aio.AioRpcError as exc:
-                RESULTS.note(f"etcd health check not measured: {exc.code()}")
-        org, token = organization()
-        asyncio.run(_parts(first.port, org, token, calls))
-        RESULTS.latency(
-            PARTS,
-            "Redis PUBLISH → subscriber",
-            asyncio.run(_redis_publish(env["REDIS_URL"], calls)),
-        )
-        alone, transaction = asyncio.run(_postgres_commit(env["DATABASE_URL"], calls))
-        RESULTS.latency(PARTS, "PostgreSQL one-row INSERT, autocommit", alone)
-        RESULTS.latency(PARTS, "PostgreSQL BEGIN / one-row INSERT / COMMIT", transaction)
-        for ours, floor_name, label in (
-            ("GetConfig", "ConfigService health check", "GetConfig / health"),
-            ("SetConfig without request_id", "ConfigService health check", "SetConfig / health"),
-            (
-                "ConfigService health check",
-                "bare grpc.aio health server (uvloop)",
-                "health / bare server",
-            ),
-        ):
-            RESULTS.ratio(label, ours, floor_name)
+async def _measure(
+    size: dict[str, int],
+    env: dict[str, str],
+    keys: Any,
+    *,
+    first: Replica,
+    second: Replica,
+    floor: int,
+    etcd_port: int,
+    etcd_pid: int,
+) -> None:
+    """Every measurement, on one event loop (grpc.aio clients stay on the loop they
+    were first used on)."""
 
-        # 3. fan-out
-        for count in (100, 1_000):
-            for side, port in (("ours", first.port), ("etcd", etcd_port)):
-                if not port:
-                    continue
-                org, token = organization()
-                name = f"{side}: last of {count:,} watchers (4 processes)"
-                RESULTS.latency(
-                    FANOUT, name, _fanout(side, port, org, token, count, size["fanout_writes"])
-                )
-                RESULTS.fanout[(side, count)] = name
+    def organization() -> tuple[str, str]:
+        slug = f"bench-{uuid.uuid4().hex[:8]}"
+        return slug, keys.token(slug)
+
+    # 1. hot reload
+    changes = size["changes"]
+    org, token = organization()
+    delays, trips = await _hot_reload_ours(first.port, first.port, org, token, changes)
+    RESULTS.latency(HOT, "ours: SetConfig → SDK listener, same replica", delays)
+    RESULTS.latency(PARTS, "of which SetConfig's round trip (same replica run)", trips)
+    org, token = organization()
+    delays, _ = await _hot_reload_ours(first.port, second.port, org, token, changes)
+    RESULTS.latency(HOT, "ours: SetConfig → SDK listener, other replica", delays)
+    org, token = organization()
+    delays, _ = await _hot_reload_ours(
+        first.port, first.port, org, token, changes, report_status=False
+    )
+    RESULTS.latency(HOT, "ours: same replica, SDK without rollout-status reports", delays)
+    if etcd_port:
+        delays, trips = await _hot_reload_etcd(etcd_port, changes)
+        RESULTS.latency(HOT, "etcd: Put → watch event", delays)
+        RESULTS.latency(PARTS, "of which etcd Put's round trip", trips)
+        for replica in ("same", "other"):
             RESULTS.ratio(
-                f"last of {count:,} watchers / etcd",
-                f"ours: last of {count:,} watchers (4 processes)",
-                f"etcd: last of {count:,} watchers (4 processes)",
+                f"hot reload, {replica} replica / etcd",
+                f"ours: SetConfig → SDK listener, {replica} replica",
+                "etcd: Put → watch event",
             )
 
-        # 4. throughput and CPU
-        asyncio.run(_load_ours(first.port, keys, first.process.pid, size["seconds"], 32))
-        if etcd_port:
-            asyncio.run(_load_etcd(etcd_port, etcd_pid, size["seconds"], 32))
+    # 2. the decomposition
+    calls = size["calls"]
+    RESULTS.latency(FLOOR, "bare grpc.aio health server (uvloop)", await _health(floor, calls))
+    RESULTS.latency(FLOOR, "ConfigService health check", await _health(first.port, calls))
+    if etcd_port:
+        try:
+            RESULTS.latency(FLOOR, "etcd health check", await _health(etcd_port, calls))
+        except grpc.aio.AioRpcError as exc:
+            RESULTS.note(f"etcd health check not measured: {exc.code()}")
+    org, token = organization()
+    await _parts(first.port, org, token, calls)
+    RESULTS.latency(
+        PARTS,
+        "Redis PUBLISH → subscriber",
+        await _redis_publish(env["REDIS_URL"], calls),
+    )
+    alone, transaction = await _postgres_commit(env["DATABASE_URL"], calls)
+    RESULTS.latency(PARTS, "PostgreSQL one-row INSERT, autocommit", alone)
+    RESULTS.latency(PARTS, "PostgreSQL BEGIN / one-row INSERT / COMMIT", transaction)
+    for ours, floor_name, label in (
+        ("GetConfig", "ConfigService health check", "GetConfig / health"),
+        ("SetConfig without request_id", "ConfigService health check", "SetConfig / health"),
+        (
+            "ConfigService health check",
+            "bare grpc.aio health server (uvloop)",
+            "health / bare server",
+        ),
+    ):
+        RESULTS.ratio(label, ours, floor_name)
 
-        # 5. idle streams
-        org, token = organization()
-        _idle("ours", first.port, first.process.pid, org, token, size["idle"])
-        if etcd_port:
-            _idle("etcd", etcd_port, etcd_pid, org, token, size["idle"])
+    # 3. fan-out
+    for count in (100, 1_000):
+        for side, port in (("ours", first.port), ("etcd", etcd_port)):
+            if not port:
+                continue
+            org, token = organization()
+            name = f"{side}: last of {count:,} watchers (4 processes)"
+            RESULTS.latency(
+                FANOUT, name, await _fanout(side, port, org, token, count, size["fanout_writes"])
+            )
+            RESULTS.fanout[(side, count)] = name
+        RESULTS.ratio(
+            f"last of {count:,} watchers / etcd",
+            f"ours: last of {count:,} watchers (4 processes)",
+            f"etcd: last of {count:,} watchers (4 processes)",
+        )
+
+    # 4. throughput and CPU
+    await _load_ours(first.port, keys, first.process.pid, size["seconds"], 32)
+    if etcd_port:
+        await _load_etcd(etcd_port, etcd_pid, size["seconds"], 32)
+
+    # 5. idle streams
+    org, token = organization()
+    await _idle("ours", first.port, first.process.pid, org, token, size["idle"])
+    if etcd_port:
+        await _idle("etcd", etcd_port, etcd_pid, org, token, size["idle"])
