@@ -143,7 +143,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
-        "etcd": _run(etcd, "--version").splitlines()[0] if etcd else "",
+        "etcd": _run(etcd, "--version").splitlines()[0].replace("Version: ", "") if etcd else "",
     }
 
 
