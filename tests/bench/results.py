@@ -243,10 +243,28 @@ def _plot(results: Results, path: Path, meta: dict[str, Any]) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     shown = [e for e in results.latencies.values() if e.section == "hot reload"]
     shown += [e for e in results.latencies.values() if e.section == "floor"]
+    # One colour family per side, as in the fan-out panel: ours red, etcd blue, the
+    # floor grey; line styles tell the curves of one family apart.
+    families = {"ours": "tab:red", "etcd": "tab:blue"}
+    styles = ["-", "--", ":", "-."]
+    used: dict[str, int] = {}
     for entry in shown:
         values = sorted(_ms(x) for x in entry.samples)
         fractions = [(i + 1) / len(values) for i in range(len(values))]
-        left.plot(values, fractions, label=entry.measure, linewidth=1.2)
+        side = next((k for k in families if entry.measure.lower().startswith(k)), "")
+        if not side and "etcd" in entry.measure:
+            side = "etcd"
+        family = side or "floor"
+        index = used.get(family, 0)
+        used[family] = index + 1
+        left.plot(
+            values,
+            fractions,
+            label=entry.measure,
+            linewidth=1.4,
+            color=families.get(side, "dimgray"),
+            linestyle=styles[index % len(styles)],
+        )
     left.set_xscale("log")
     left.set_xlabel("latency (ms, log scale)")
     left.set_ylabel("fraction of changes / calls")
