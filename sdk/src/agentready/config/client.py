@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
 
-from agentready._private.call import CallPath, TokenSource
+from agentready._private.call import TokenSource
+from agentready._private.client import ServiceClient
 from agentready._private.sync import SyncFace, blocking, blocking_iter
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.errors import NotFound
@@ -37,7 +38,7 @@ def to_value(value: Any) -> config_pb2.Value:
     return config_pb2.Value(json_value=json_format.ParseDict(value, struct_pb2.Value()))
 
 
-class ConfigClient:
+class ConfigClient(ServiceClient):
     """Typed, retrying access to one organization's configuration.
 
     Reads and writes carrying a request id (every write here gets one) are retried on
@@ -65,25 +66,10 @@ class ConfigClient:
         timeout: float = 10.0,
         attempts: int = 8,
     ) -> None:
-        if (target is None) == (channel is None):
-            raise ValueError("give either target or channel")
+        super().__init__(target, token=token, channel=channel, timeout=timeout, attempts=attempts)
         self.organization = organization
-        self._own_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target or "")
         self._token = token
-        self._calls = CallPath(token, timeout=timeout, attempts=attempts)
         self.stub = config_service_pb2_grpc.ConfigServiceStub(self._channel)
-
-    async def close(self) -> None:
-        """Closes the channel, if the client made it."""
-        if self._own_channel:
-            await self._channel.close()
-
-    async def __aenter__(self) -> ConfigClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def get(self, service: str, key: str) -> config_pb2.ConfigEntry:
         """The key's entry (its schema default, ``is_default``, when unset).

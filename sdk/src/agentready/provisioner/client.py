@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf import field_mask_pb2
 
-from agentready._private.call import CallPath, TokenSource
+from agentready._private.call import TokenSource
+from agentready._private.client import ServiceClient
 from agentready._private.sync import SyncFace, blocking, blocking_iter
 from agentready.provisioner.v1 import provisioner_pb2, provisioner_service_pb2_grpc
 
@@ -47,7 +48,7 @@ def state_name(state: int) -> str:
     return Environment.State.Name(Environment.State.ValueType(state)).removeprefix("STATE_").lower()
 
 
-class ProvisionerClient:
+class ProvisionerClient(ServiceClient):
     """Typed, retrying access to ProvisionerService.
 
     Args:
@@ -69,23 +70,8 @@ class ProvisionerClient:
         timeout: float = 10.0,
         attempts: int = 8,
     ) -> None:
-        if (target is None) == (channel is None):
-            raise ValueError("give either target or channel")
-        self._own_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target or "")
-        self._calls = CallPath(token, timeout=timeout, attempts=attempts)
+        super().__init__(target, token=token, channel=channel, timeout=timeout, attempts=attempts)
         self.stub = provisioner_service_pb2_grpc.ProvisionerServiceStub(self._channel)
-
-    async def close(self) -> None:
-        """Closes the channel, if the client made it."""
-        if self._own_channel:
-            await self._channel.close()
-
-    async def __aenter__(self) -> ProvisionerClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _call(self, method: Any, request: Any) -> Environment:
         environment: Environment = await self._calls.unary(method, request, idempotent=True)

@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from agentready._private.call import CallPath, TokenSource
+from agentready._private.call import TokenSource
+from agentready._private.client import ServiceClient
 from agentready._private.sync import SyncFace, blocking, blocking_iter
 from agentready.tenant.v1 import tenant_pb2, tenant_service_pb2_grpc
 
@@ -55,7 +56,7 @@ def _rid(request_id: str | None) -> str:
     return request_id or str(uuid.uuid4())
 
 
-class TenantClient:
+class TenantClient(ServiceClient):
     """Typed, retrying access to TenantService.
 
     Args:
@@ -77,23 +78,8 @@ class TenantClient:
         timeout: float = 10.0,
         attempts: int = 8,
     ) -> None:
-        if (target is None) == (channel is None):
-            raise ValueError("give either target or channel")
-        self._own_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target or "")
-        self._calls = CallPath(token, timeout=timeout, attempts=attempts)
+        super().__init__(target, token=token, channel=channel, timeout=timeout, attempts=attempts)
         self.stub = tenant_service_pb2_grpc.TenantServiceStub(self._channel)
-
-    async def close(self) -> None:
-        """Closes the channel, if the client made it."""
-        if self._own_channel:
-            await self._channel.close()
-
-    async def __aenter__(self) -> TenantClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _call(self, method: Any, request: Any, *, idempotent: bool = True) -> Any:
         return await self._calls.unary(method, request, idempotent=idempotent)
