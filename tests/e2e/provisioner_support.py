@@ -52,9 +52,10 @@ async def start_provisioner(
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 10.0
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 30.0
 ) -> T:
-    """Polls ``probe`` until ``accept`` holds for its value; returns that value."""
+    """Polls ``probe`` until ``accept`` holds for its value; returns that value (the
+    timeout only bounds a failing test)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await probe()

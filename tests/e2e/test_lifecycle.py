@@ -26,7 +26,7 @@ from servicekit.devstack import REPO_ROOT, scratch_database
 from servicekit.server import RunningServer, start
 from servicekit.settings import load_settings
 from tests.conftest import Keys
-from tests.e2e.tenant_support import bearer, new_slug
+from tests.e2e.tenant_support import bearer, eventually, new_slug
 
 
 def set_request(org: str, key: str, value: int) -> config_pb2.SetConfigRequest:
@@ -44,16 +44,6 @@ async def health(port: int) -> int:
         except grpc.aio.AioRpcError:
             return -1
         return int(reply.status)
-
-
-async def until(probe: Any, accept: Any, timeout: float = 30.0) -> Any:
-    """Polls ``probe`` until ``accept`` holds; the timeout only bounds a failing test."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = await probe()
-            if accept(value):
-                return value
-            await asyncio.sleep(0.02)
 
 
 async def test_an_in_flight_call_finishes_through_the_drain_and_the_grace_period(
@@ -85,7 +75,7 @@ async def test_an_in_flight_call_finishes_through_the_drain_and_the_grace_period
             writing = asyncio.ensure_future(
                 stub.SetConfig(set_request(org, "k", 2), metadata=md, timeout=60)
             )
-            await until(
+            await eventually(
                 lambda: blocker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity a "
                     "JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted "
@@ -96,7 +86,7 @@ async def test_an_in_flight_call_finishes_through_the_drain_and_the_grace_period
             )
             stopping = asyncio.create_task(server.stop())
             # Drained (health NOT_SERVING), then stopped: a new call finds no server ...
-            await until(lambda: health(server.port), lambda s: s == -1)
+            await eventually(lambda: health(server.port), lambda s: s == -1)
             assert not writing.done()
             # ... while the call in flight is still served once the database lets it go.
             await lock.rollback()
@@ -150,7 +140,7 @@ async def test_history_is_compacted_periodically(
                 return [h.revision for h in page.history_entries]
 
             # Nobody asks for it: the maintenance task keeps the last 3 revisions.
-            assert await until(retained, lambda r: r == [8, 9, 10]) == [8, 9, 10]
+            assert await eventually(retained, lambda r: r == [8, 9, 10]) == [8, 9, 10]
             call = stub.WatchConfig(
                 config_pb2.WatchConfigRequest(organization=org, start_revision=2), metadata=md
             )
@@ -231,7 +221,7 @@ async def test_a_jwks_url_is_read_sparingly_and_a_rotated_key_is_picked_up(
                 # token names it (at most one read per throttle period), no restart.
                 jwks.document = {"keys": [keys.jwk, rotated.jwk]}
                 token = rotated.token(org)
-                assert await until(lambda: outcome(token), lambda o: o == "OK") == "OK"
+                assert await eventually(lambda: outcome(token), lambda o: o == "OK") == "OK"
                 assert jwks.reads <= started_with + 2
         finally:
             await server.stop()

@@ -20,7 +20,7 @@ from agentready.watcher import AsyncConfigWatcher
 
 from servicekit.devstack import REPO_ROOT
 from tests.conftest import Keys
-from tests.e2e.tenant_support import bearer, rpc_error
+from tests.e2e.tenant_support import bearer, eventually, rpc_error
 from tests.e2e.test_arkctl import arkctl_path
 from tests.e2e.watching import Replica
 from tests.rpcerrors import field_violations
@@ -41,16 +41,6 @@ async def clients(stub: Any, org: str, md: Any, selector: str = "") -> dict[str,
         timeout=10,
     )
     return {c.client_id: c for c in page.clients}
-
-
-async def until(probe: Any, accept: Any, timeout: float = 30.0) -> Any:
-    """Polls ``probe`` until ``accept`` holds; the timeout only bounds a failing test."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = await probe()
-            if accept(value):
-                return value
-            await asyncio.sleep(0.05)
 
 
 def refuse_bad(entries: Mapping[tuple[str, str], Any]) -> None:
@@ -121,7 +111,7 @@ async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
                 metadata=md,
             )
             # Asked on the first replica: the clients of both, all at the new revision.
-            everyone = await until(
+            everyone = await eventually(
                 lambda: clients(stub, org, md),
                 lambda c: (
                     set(c) == {"web/a", "web/b", "jobs/worker-0"}
@@ -137,7 +127,7 @@ async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
                 ),
                 metadata=md,
             )
-            seen = await until(
+            seen = await eventually(
                 lambda: clients(stub, org, md, "app=web"),
                 lambda c: (
                     set(c) == {"web/a", "web/b"}
@@ -181,7 +171,9 @@ async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
             # grace period; the others, still reporting, stay.
             pod.kill()
             await pod.wait()
-            left = await until(lambda: clients(stub, org, md), lambda c: "jobs/worker-0" not in c)
+            left = await eventually(
+                lambda: clients(stub, org, md), lambda c: "jobs/worker-0" not in c
+            )
             assert set(left) == {"web/a", "web/b"}
     finally:
         if pod.returncode is None:
