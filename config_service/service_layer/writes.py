@@ -280,6 +280,9 @@ class ConfigWriter:
             ResourceExhausted: reason ``ORGANIZATION_KEY_LIMIT`` or
                 ``ORGANIZATION_SIZE_LIMIT``, with the limit and the usage before the write.
         """
+        over_keys = added.keys > 0 and usage.keys > self.limits.keys
+        if not over_keys and not (added.bytes > 0 and usage.bytes > self.limits.bytes):
+            return  # the common case: nothing to build
         before = pg.Usage(usage.keys - added.keys, usage.bytes - added.bytes)
         metadata = {
             "organization": organization,
@@ -288,7 +291,7 @@ class ConfigWriter:
             "used_bytes": str(before.bytes),
             "limit_bytes": str(self.limits.bytes),
         }
-        if added.keys > 0 and usage.keys > self.limits.keys:
+        if over_keys:
             raise ResourceExhausted(
                 f"{organization!r} has {before.keys} keys; this write would take it to "
                 f"{usage.keys}, over its limit of {self.limits.keys} keys",
@@ -296,14 +299,13 @@ class ConfigWriter:
                 retry_after_seconds=None,
                 metadata=metadata,
             )
-        if added.bytes > 0 and usage.bytes > self.limits.bytes:
-            raise ResourceExhausted(
-                f"{organization!r} stores {before.bytes} bytes; this write would take it "
-                f"to {usage.bytes}, over its limit of {self.limits.bytes} bytes",
-                reason="ORGANIZATION_SIZE_LIMIT",
-                retry_after_seconds=None,
-                metadata=metadata,
-            )
+        raise ResourceExhausted(
+            f"{organization!r} stores {before.bytes} bytes; this write would take it "
+            f"to {usage.bytes}, over its limit of {self.limits.bytes} bytes",
+            reason="ORGANIZATION_SIZE_LIMIT",
+            retry_after_seconds=None,
+            metadata=metadata,
+        )
 
     async def set_schema(
         self,
