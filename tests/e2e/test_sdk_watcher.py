@@ -205,3 +205,40 @@ async def test_the_thread_backed_watcher_serves_plain_code(
         assert await asyncio.to_thread(read_in_a_thread) == (1, 1)
     finally:
         await writer.close()
+
+
+async def test_a_failing_token_provider_or_file_never_ends_the_stream(
+    servers: dict[str, RunningServer], keys: Keys, tmp_path: Path
+) -> None:
+    # A token file mid-rotation makes the provider raise once; the last-known-good
+    # folder cannot be written (a file stands where the folder should be). The watcher
+    # keeps streaming through both.
+    organization = new_org()
+    good = keys.token(organization, "viewer")
+    calls = 0
+
+    def token() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("the token file is being replaced")
+        return good
+
+    (tmp_path / "blocked").write_text("not a folder")
+    port = servers["config"].port
+    writer = Client(port, organization, keys.token(organization))
+    try:
+        async with AsyncConfigWatcher(
+            f"127.0.0.1:{port}",
+            organization,
+            token=token,
+            backoff_initial=0.01,
+            last_known_good=tmp_path / "blocked" / "lkg.json",
+            report_status=False,
+        ) as watcher:
+            assert calls >= 2
+            revision = await writer.set("k", 1)
+            await watcher.wait_for_revision(revision, timeout=30)
+            assert watcher.get_int("ai", "k") == 1
+    finally:
+        await writer.close()

@@ -403,7 +403,13 @@ class AsyncConfigWatcher:
         stub = config_service_pb2_grpc.ConfigServiceStub(self._channel)
         delay = self._backoff[0]
         while True:
-            token = await current_token(self._token)
+            try:
+                token = await current_token(self._token)
+            except Exception:  # a token file mid-rotation, a refresh that failed: later
+                log.warning("no token for the watch stream; retrying", exc_info=True)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                delay = min(delay * 2, self._backoff[1])
+                continue
             request = config_pb2.WatchConfigRequest(
                 organization=self.organization,
                 services=self._services,
@@ -431,10 +437,13 @@ class AsyncConfigWatcher:
                     # The stream outlived its token: ask the provider for a fresh one
                     # and resume at once from the last revision (nothing is lost).
                     wait = 0.0
-                elif isinstance(self._token, Credentials) and await self._token.rejected(
+                elif isinstance(self._token, Credentials) and await self._refreshed(
                     token, from_rpc_error(error).reason
                 ):
                     wait = 0.0  # refused at the door, and a login session has refreshed
+            except Exception:  # nothing may end the stream for good: log, back off, resume
+                log.exception("the watch stream failed; resuming")
+                wait = delay
             finally:
                 if self._connected or self._lost_at is None:
                     self._lost_at = time.monotonic()
@@ -442,6 +451,16 @@ class AsyncConfigWatcher:
             # Full jitter keeps a fleet of pods from reconnecting in lockstep.
             await asyncio.sleep(wait * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             delay = min(delay * 2, self._backoff[1])
+
+    async def _refreshed(self, token: str, reason: str) -> bool:
+        """Whether the login session refreshed after ``token`` was refused (a failed
+        refresh counts as no: the stream backs off and tries again)."""
+        assert isinstance(self._token, Credentials)
+        try:
+            return await self._token.rejected(token, reason)
+        except Exception:
+            log.warning("refreshing the watcher's token failed", exc_info=True)
+            return False
 
     def _receive(self, message: Any) -> None:
         self._last_message_at = time.monotonic()
@@ -553,11 +572,18 @@ class AsyncConfigWatcher:
                 base64.b64encode(e.SerializeToString()).decode() for e in self._entries.values()
             ],
         }
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=self._file.parent, prefix=".lkg-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle)
-        os.replace(temporary, self._file)  # atomic: a reader never sees half a file
+        temporary = ""
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=self._file.parent, prefix=".lkg-")
+            with os.fdopen(fd, "w") as handle:
+                json.dump(document, handle)
+            os.replace(temporary, self._file)  # atomic: a reader never sees half a file
+        except OSError:  # a full or read-only disk costs the file, not the stream
+            log.warning("cannot write the last-known-good file %s", self._file, exc_info=True)
+            if temporary:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
 
     def _load_file(self) -> bool:
         if self._file is None or not self._file.exists() or self._have_state:
