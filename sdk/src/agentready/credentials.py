@@ -145,6 +145,7 @@ class Session(Credentials):
         self._on_refresh = on_refresh
         self._clock = clock
         self._obtained_at = clock()
+        self._timeout, self._attempts = timeout, attempts
         self._public = CallPath(None, timeout=timeout, attempts=attempts)
         self._private = CallPath(self, timeout=timeout, attempts=attempts)
         self._lock: asyncio.Lock | None = None
@@ -283,8 +284,13 @@ class Session(Credentials):
             await self._close_channel()
             return
         try:
+            # Refresh first if due, then log out with that pair's own access token and
+            # no refresh on the way: a refresh after the request is built would leave it
+            # holding a spent refresh token, which the server takes for reuse (theft).
+            access = await self.token()
             request = tenant_pb2.LogoutRequest(refresh_token=self._tokens.refresh_token)
-            await self._private.unary(self._stub().Logout, request, idempotent=True)
+            fixed = CallPath(access, timeout=self._timeout, attempts=self._attempts)
+            await fixed.unary(self._stub().Logout, request, idempotent=True)
         except Unauthenticated:
             pass  # nothing left to revoke
         finally:
