@@ -139,38 +139,62 @@ def _pack(message: Any) -> any_pb2.Any:
 # Error details travel in HTTP/2 trailers, which clients cap (gRPC's default hard limit
 # is 16 KiB): a long message or hundreds of violations must not turn an INVALID_ARGUMENT
 # into a transport error. Beyond these bounds the answer says how many were left out.
+# Bounds in UTF-8 bytes (not characters: four-byte characters would quadruple them),
+# on every text a caller's input can reach (a violation's field names a caller's label
+# key, for one), and on the whole status: 7 KiB, so its base64 trailer stays well under
+# the 16 KiB a default gRPC client accepts.
 MAX_MESSAGE_CHARS = 1000
 MAX_VIOLATIONS = 25
 MAX_DESCRIPTION_CHARS = 200
+MAX_STATUS_BYTES = 7 * 1024
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "…"
 
 
-def _bounded(violations: Any) -> list[Any]:
+def _bounded(violations: Any, keep: int) -> list[Any]:
     kept = [
-        dataclasses.replace(v, description=_clip(v.description, MAX_DESCRIPTION_CHARS))
-        for v in violations[:MAX_VIOLATIONS]
+        dataclasses.replace(
+            v,
+            field=_clip(v.field, MAX_DESCRIPTION_CHARS),
+            description=_clip(v.description, MAX_DESCRIPTION_CHARS),
+        )
+        for v in violations[:keep]
     ]
-    if len(violations) > MAX_VIOLATIONS:
+    if len(violations) > keep:
         kept.append(
             errors.FieldViolation(
-                "…", f"and {len(violations) - MAX_VIOLATIONS} more problems of the same request"
+                "…", f"and {len(violations) - keep} more problems of the same request"
             )
         )
     return kept
 
 
 def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` (with details) a domain error is reported as."""
+    """The ``google.rpc.Status`` (with details) a domain error is reported as, at most
+    :data:`MAX_STATUS_BYTES` (fewer violations are listed until it fits)."""
+    keep = MAX_VIOLATIONS
+    while True:
+        status = _status(error, keep)
+        if status.ByteSize() <= MAX_STATUS_BYTES or keep == 0:
+            return status
+        keep //= 2
+
+
+def _status(error: errors.AgentReadyError, keep: int) -> status_pb2.Status:
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code_name), message=_clip(error.message, MAX_MESSAGE_CHARS)
     )
     status.details.append(
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason,
+                domain=ERROR_DOMAIN,
+                metadata={k: _clip(v, MAX_DESCRIPTION_CHARS) for k, v in error.metadata.items()},
             )
         )
     )
@@ -182,7 +206,7 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                         error_details_pb2.BadRequest.FieldViolation(
                             field=v.field, description=v.description
                         )
-                        for v in _bounded(error.violations)
+                        for v in _bounded(error.violations, keep)
                     ]
                 )
             )
@@ -195,7 +219,7 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
                         error_details_pb2.PreconditionFailure.Violation(
                             type=error.reason, subject=v.field, description=v.description
                         )
-                        for v in _bounded(error.violations)
+                        for v in _bounded(error.violations, keep)
                     ]
                 )
             )
@@ -205,8 +229,8 @@ def status_from_error(error: errors.AgentReadyError) -> status_pb2.Status:
             _pack(
                 error_details_pb2.ResourceInfo(
                     resource_type=error.resource_type,
-                    resource_name=error.resource_name,
-                    description=error.message,
+                    resource_name=_clip(error.resource_name, MAX_DESCRIPTION_CHARS),
+                    description=_clip(error.message, MAX_MESSAGE_CHARS),
                 )
             )
         )

@@ -78,3 +78,24 @@ def test_huge_errors_stay_small_enough_for_any_client() -> None:
     assert any(d.Unpack(bad) for d in status.details)
     assert bad.field_violations[0].field == "schema.keys[0].pattern"
     assert "975 more" in bad.field_violations[-1].description
+
+
+def test_a_status_stays_small_whatever_the_input_holds() -> None:
+    # Violations naming a caller's own (long, four-byte) label keys: the trailer a
+    # default client must read stays within MAX_STATUS_BYTES, and says what it left out.
+    from google.rpc import error_details_pb2
+
+    from servicekit.rpc import MAX_STATUS_BYTES
+
+    wide = "\U0001f600" * 300
+    error = errors.InvalidArgument(
+        wide,
+        violations=[errors.FieldViolation(f"labels[{wide}{i}]", wide) for i in range(40)],
+        metadata={"organization": wide},
+    )
+    status = status_from_error(error)
+    assert status.ByteSize() <= MAX_STATUS_BYTES
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details)
+    assert bad.field_violations[-1].description.endswith("more problems of the same request")
+    assert len(bad.field_violations) >= 2
