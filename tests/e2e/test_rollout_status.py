@@ -28,7 +28,7 @@ from tests.rpcerrors import field_violations
 
 @pytest.fixture(scope="module")
 async def replicas(server_env: dict[str, str]) -> AsyncIterator[list[Replica]]:
-    env = {**server_env, "CONFIG_CLIENT_GRACE_SECONDS": "2", "METRICS_PORT": "0"}
+    env = {**server_env, "CONFIG_CLIENT_GRACE_SECONDS": "10", "METRICS_PORT": "0"}
     started = await asyncio.gather(*(asyncio.to_thread(Replica, env) for _ in range(2)))
     yield list(started)
     await asyncio.gather(*(asyncio.to_thread(r.stop) for r in started))
