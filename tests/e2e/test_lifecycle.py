@@ -194,6 +194,7 @@ async def test_a_jwks_url_is_read_sparingly_and_a_rotated_key_is_picked_up(
     with JwksServer({"keys": [keys.jwk]}) as jwks:
         env = {k: v for k, v in server_env.items() if k != "JWT_JWKS_FILE"}
         env |= {"JWT_JWKS_URL": jwks.url, "JWT_JWKS_ALLOW_HTTP": "true", "METRICS_PORT": "off"}
+        env["JWT_JWKS_RELOAD_SECONDS"] = "86400"  # only unknown kids trigger reads here
         server = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
         org = new_slug("jwks")
         try:
