@@ -51,6 +51,7 @@ from provisioner.domain.model import (
 )
 from provisioner.domain.quantity import parse_quantity
 from servicekit.errors import Aborted, FailedPrecondition, FieldViolation, NotFound
+from servicekit.keyedlock import KeyedLocks
 from servicekit.requests import RequestKey
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Tenants:
         self.backend = backend
         self.timing = timing
         self._tasks: set[asyncio.Task[None]] = set()
-        self._gates: dict[str, asyncio.Lock] = {}
+        self._gates = KeyedLocks()
 
     @contextlib.asynccontextmanager
     async def _session(self, organization: str) -> AsyncIterator[pg.TenantSession]:
@@ -114,13 +115,11 @@ class Tenants:
         same tenant queue here, without a pooled connection, so a burst of calls for
         one tenant cannot take the pool from the others (at most one connection per
         tenant and replica waits on the tenant's advisory lock)."""
-        gate = self._gates.setdefault(organization, asyncio.Lock())
-        try:
-            async with gate, pg.tenant_session(self.pool, organization) as session:
-                yield session
-        finally:
-            if not gate.locked() and self._gates.get(organization) is gate:
-                del self._gates[organization]
+        async with (
+            self._gates.hold(organization),
+            pg.tenant_session(self.pool, organization) as session,
+        ):
+            yield session
 
     # -- transactions and locks ----------------------------------------------------------
 

@@ -35,6 +35,7 @@ from servicekit.errors import (
     NotFound,
     PermissionDenied,
 )
+from servicekit.keyedlock import KeyedLocks
 from servicekit.leader import LeaderLock
 from servicekit.requests import RequestKey
 from servicekit.revocation import organization_key
@@ -97,7 +98,7 @@ class Organizations:
         self._revoker = revoker
         self.timing = timing
         self._reserved = reserved
-        self._converging: dict[str, asyncio.Lock] = {}
+        self._converging = KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- reads --------------------------------------------------------------------------
@@ -256,13 +257,8 @@ class Organizations:
     async def _lock(self, slug: str) -> AsyncIterator[None]:
         """One saga step at a time per organization in this process (replicas may
         overlap: every step is idempotent)."""
-        lock = self._converging.setdefault(slug, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked():
-                self._converging.pop(slug, None)
+        async with self._converging.hold(slug):
+            yield
 
     async def converge(self, slug: str) -> Organization:
         """Takes the organization's saga one step further (idempotent)."""
