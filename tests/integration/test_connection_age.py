@@ -52,6 +52,8 @@ async def test_a_watcher_follows_recycled_connections_without_gap_or_duplicate(
         GRPC_MAX_CONNECTION_AGE_SECONDS="1",
         GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS="1",
     )
+    # No platform watcher of its own: the stream starts counted below are the test's.
+    env.pop("PLATFORM_TOKEN_FILE", None)
     server = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
     organization = f"age-{uuid.uuid4().hex[:8]}"
     target = f"127.0.0.1:{server.port}"
