@@ -163,6 +163,20 @@ async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
                 env, "-o", "json", "config", "rollout", "-l", "app!=web", "--wait"
             )
             assert (code, json.loads(out)["complete"]) == (0, True)
+            # A selector nobody matches (a typo) fails the wait instead of passing it.
+            code, out = await arkctl(
+                env,
+                "-o",
+                "json",
+                "config",
+                "rollout",
+                "-l",
+                "app=wrokers",
+                "--wait",
+                "--wait-timeout",
+                "0",
+            )
+            assert (code, json.loads(out)["clients"]) == (8, [])
             code, out = await arkctl(env, "config", "rollout")
             assert code == 0
             assert f"revision {bad.revision}: 2 of 3 clients applied it" in out

@@ -932,8 +932,8 @@ def config_rollout(
 ) -> int:
     """Shows which watching client (pod) has applied which revision, with its lag and
     its last refusal. With --wait, blocks until every client (of --selector) has
-    applied the revision and exits 0; a client that refuses it, or a wait past
-    --wait-timeout, ends with the stragglers listed and exit code 8.
+    applied the revision and exits 0; a client that refuses it, no client at all, or a
+    wait past --wait-timeout ends with the stragglers listed and exit code 8.
 
     \b
     Example:
@@ -949,7 +949,7 @@ def config_rollout(
             deadline = time.monotonic() + wait_timeout
             while wait:
                 rows = [client_row(c, target) for c in clients]
-                if all(r["status"] == "applied" for r in rows):
+                if rows and all(r["status"] == "applied" for r in rows):
                     break
                 if any(r["status"] == "refused" for r in rows) or time.monotonic() > deadline:
                     break
@@ -963,11 +963,12 @@ def config_rollout(
             click.echo(f"revision {target}: {done} of {len(rows)} clients applied it")
         else:
             emit(
-                {"revision": target, "clients": rows, "complete": not stragglers},
+                {"revision": target, "clients": rows, "complete": bool(rows) and not stragglers},
                 app.output,
                 columns=[],
             )
-        return ROLLOUT_INCOMPLETE if wait and stragglers else 0
+        # No client at all (a mistyped selector, pods not up) is no finished rollout.
+        return ROLLOUT_INCOMPLETE if wait and (stragglers or not rows) else 0
 
     return asyncio.run(go())  # the exit code (arkctl's main returns it)
 
