@@ -8,15 +8,28 @@ fake serves (``x-kubernetes-list-type: atomic``), except ``ServiceAccount.secret
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar, cast
 
 FieldPath = tuple[str, ...]
 
 _MISSING = object()
+_T = TypeVar("_T")
 
 
 class PatchError(ValueError):
     """A patch that cannot be applied to the object (bad pointer, failed test op)."""
+
+
+def clone(value: _T) -> _T:
+    """A deep copy of a JSON value (maps, lists, scalars), several times faster than
+    :func:`copy.deepcopy`, which the fake would otherwise spend most of a request in."""
+    if isinstance(value, dict):
+        return cast(_T, {k: clone(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return cast(_T, [clone(v) for v in value])
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return copy.deepcopy(value)
 
 
 def strip_nulls(value: Any) -> Any:
@@ -31,8 +44,8 @@ def strip_nulls(value: Any) -> Any:
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch; returns a new value, inputs are not modified."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result: dict[str, Any] = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return clone(patch)
+    result: dict[str, Any] = clone(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -107,24 +120,24 @@ def json_patch(target: Any, operations: Any) -> Any:
     """
     if not isinstance(operations, list):
         raise PatchError("a JSON patch must be a list of operations")
-    doc = copy.deepcopy(target)
+    doc = clone(target)
     for op in operations:
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
             raise PatchError(f"malformed operation {op!r}")
         parts = _pointer(str(op["path"]))
         kind = op["op"]
         if kind == "add":
-            doc = _add(doc, parts, copy.deepcopy(op.get("value")))
+            doc = _add(doc, parts, clone(op.get("value")))
         elif kind == "remove":
             _remove(doc, parts)
         elif kind == "replace":
             _get(doc, parts)
             if parts:
                 _remove(doc, parts)
-            doc = _add(doc, parts, copy.deepcopy(op.get("value")))
+            doc = _add(doc, parts, clone(op.get("value")))
         elif kind in ("move", "copy"):
             source = _pointer(str(op.get("from", "")))
-            value = _remove(doc, source) if kind == "move" else copy.deepcopy(_get(doc, source))
+            value = _remove(doc, source) if kind == "move" else clone(_get(doc, source))
             doc = _add(doc, parts, value)
         elif kind == "test":
             if _get(doc, parts) != op.get("value"):
@@ -188,12 +201,12 @@ def overlaps(a: FieldPath, b: FieldPath) -> bool:
 
 def deep_merge(base: dict[str, Any], applied: dict[str, Any]) -> dict[str, Any]:
     """``applied`` over ``base``: maps merge key by key, anything else replaces."""
-    result = copy.deepcopy(base)
+    result = clone(base)
     for key, value in applied.items():
         if isinstance(value, dict) and isinstance(result.get(key), dict) and value:
             result[key] = deep_merge(result[key], value)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = clone(value)
     return result
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import json
 import secrets
 import threading
@@ -24,6 +23,7 @@ from .errors import KubeApiError
 from .patch import (
     FieldPath,
     PatchError,
+    clone,
     deep_merge,
     delete_path,
     fields_v1,
@@ -103,10 +103,8 @@ class _Entry:
 def _tracked(obj: dict[str, Any], subresource: str) -> dict[str, Any]:
     """The part of an object whose fields are owned by managers."""
     if subresource == "status":
-        return {"status": copy.deepcopy(obj.get("status", {}))}
-    tracked = {
-        k: copy.deepcopy(v) for k, v in obj.items() if k not in ("apiVersion", "kind", "status")
-    }
+        return {"status": clone(obj.get("status", {}))}
+    tracked = {k: clone(v) for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
     meta = tracked.get("metadata")
     if isinstance(meta, dict):
         for name in (*_SERVER_METADATA, *_IDENTITY_METADATA):
@@ -117,7 +115,7 @@ def _tracked(obj: dict[str, Any], subresource: str) -> dict[str, Any]:
 
 
 def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(obj)
+    out = clone(obj)
     meta = out.get("metadata", {})
     meta.pop("resourceVersion", None)
     meta.pop("managedFields", None)
@@ -221,7 +219,7 @@ class ObjectStore:
         self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, subresource: str
     ) -> dict[str, Any]:
         """Fill in what the real server's strategies and defaulting would."""
-        obj = strip_nulls(copy.deepcopy(obj))
+        obj = strip_nulls(clone(obj))
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
         meta = obj.setdefault("metadata", {})
@@ -229,7 +227,7 @@ class ObjectStore:
         for name in _SERVER_METADATA:
             meta.pop(name, None)
             if name in old_meta and name not in ("resourceVersion", "managedFields"):
-                meta[name] = copy.deepcopy(old_meta[name])
+                meta[name] = clone(old_meta[name])
         if rt.namespaced:
             meta["namespace"] = meta.get("namespace") or old_meta.get("namespace")
         else:
@@ -241,7 +239,7 @@ class ObjectStore:
         if subresource == "status":
             # Only status may change through /status.
             status = obj.get("status")
-            obj = copy.deepcopy(old or {})
+            obj = clone(old or {})
             if status is None:
                 obj.pop("status", None)
             else:
@@ -250,7 +248,7 @@ class ObjectStore:
         if rt.status_subresource:
             # The main resource ignores status, as the real registries do.
             if old is not None and "status" in old:
-                obj["status"] = copy.deepcopy(old["status"])
+                obj["status"] = clone(old["status"])
             else:
                 obj.pop("status", None)
 
@@ -267,7 +265,7 @@ class ObjectStore:
                 spec["hard"] = _stringify_quantities(spec["hard"])
             # The quota controller's job, done synchronously: hard mirrors spec.hard and
             # used starts at zero for each tracked resource.
-            hard = copy.deepcopy(spec.get("hard") or {})
+            hard = clone(spec.get("hard") or {})
             used_before = ((old or {}).get("status") or {}).get("used") or {}
             obj["status"] = {
                 "hard": hard,
@@ -320,14 +318,14 @@ class ObjectStore:
                 m.identity() for m in old.managers
             ] == [m.identity() for m in managers]
             if unchanged:
-                return copy.deepcopy(old.obj), False
+                return clone(old.obj), False
         new_obj["metadata"]["managedFields"] = [m.render() for m in managers]
         if dry_run:
             if old is not None:
                 new_obj["metadata"]["resourceVersion"] = old.obj["metadata"]["resourceVersion"]
             return new_obj, True
         new_obj["metadata"]["resourceVersion"] = self._next_revision()
-        self._objects[key] = _Entry(copy.deepcopy(new_obj), managers)
+        self._objects[key] = _Entry(clone(new_obj), managers)
         return new_obj, True
 
     @staticmethod
@@ -421,7 +419,7 @@ class ObjectStore:
         """
         with self._lock:
             self._purge_expired()
-            return copy.deepcopy(self._entry(rt, namespace, name).obj)
+            return clone(self._entry(rt, namespace, name).obj)
 
     def list_objects(
         self,
@@ -476,7 +474,7 @@ class ObjectStore:
         items = []
         for obj in selected:
             # Items of a typed list carry no kind/apiVersion on the real server.
-            item = copy.deepcopy(obj)
+            item = clone(obj)
             item.pop("kind", None)
             item.pop("apiVersion", None)
             items.append(item)
@@ -688,7 +686,7 @@ class ObjectStore:
 
         # Fields this manager applied before and dropped now are removed, unless
         # another manager still owns them (the real server's behaviour).
-        base = copy.deepcopy(entry.obj)
+        base = clone(entry.obj)
         owned_by_others = [q for m in managers if m.subresource == subresource for q in m.paths]
         for path in sorted(previous - new_paths, key=len, reverse=True):
             if any(q[: len(path)] == path for q in new_paths):
@@ -753,22 +751,22 @@ class ObjectStore:
                         "Upon completion, this namespace will automatically be purged by the "
                         "system.",
                     )
-                obj = copy.deepcopy(entry.obj)
+                obj = clone(entry.obj)
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["deletionGracePeriodSeconds"] = 0
                 obj["status"] = {"phase": "Terminating"}
                 if dry_run:
                     return obj
                 obj["metadata"]["resourceVersion"] = self._next_revision()
-                entry.obj = copy.deepcopy(obj)
+                entry.obj = clone(obj)
                 self._deleted_at[name] = time.monotonic()
                 return obj
             if dry_run:
-                return copy.deepcopy(entry.obj)
+                return clone(entry.obj)
             del self._objects[self._key(rt, namespace, name)]
             self._next_revision()
             if rt.returns_deleted_object:
-                return copy.deepcopy(entry.obj)
+                return clone(entry.obj)
             details: dict[str, Any] = {"name": name}
             if rt.group:
                 details["group"] = rt.group
@@ -807,7 +805,7 @@ class ObjectStore:
         with self._lock:
             self._purge_expired()
             entry = self._objects.get(self._key(rt, namespace, name))
-            return copy.deepcopy(entry.obj) if entry else None
+            return clone(entry.obj) if entry else None
 
     def exists(self, rt: ResourceType, namespace: str | None, name: str) -> bool:
         """Whether the object is stored (a terminating namespace still is)."""
@@ -835,7 +833,7 @@ class ObjectStore:
             self._purge_expired()
             order = {rt.plural: i for i, rt in enumerate(RESOURCE_TYPES)}
             keys = sorted(self._objects, key=lambda k: (order[k[0]], k[1], k[2]))
-            return [copy.deepcopy(self._objects[k].obj) for k in keys]
+            return [clone(self._objects[k].obj) for k in keys]
 
     @property
     def resource_version(self) -> int:
