@@ -220,57 +220,57 @@ class Tenants:
             FailedPrecondition: DELETING or DELETED, a quota other than the current one,
                 or a namespace of that name that is not ours (nothing is recorded).
         """
-        # Whether the namespace is ours is asked while the desired state is written, and
-        # the answer awaited before the commit: a namespace that is not ours records
-        # nothing, and the API call costs no time of its own on the way to the apply.
-        claim = asyncio.ensure_future(
-            self._check_claim(TenantSpec(organization, tuple(owners), quota, labels))
-        )
+        spec = TenantSpec(organization, tuple(owners), quota, labels)
+        async with self._claim_asked(spec) as claim, self._session(organization) as session:
+            async with session.transaction() as conn:
+                replayed = await self._replay(conn, organization, request)
+                env = await pg.create(
+                    conn,
+                    organization,
+                    owners=owners,
+                    quota=quota,
+                    labels=labels,
+                    backend=self.backend.kind,
+                    conditions=unknown_conditions(),
+                    due_in=self.timing.grace,
+                    actor=actor,
+                    request_id=request.request_id if request else "",
+                )
+                if env is None:  # provisioned before
+                    env = await pg.load(conn, organization, for_update=True)
+                    assert env is not None  # rows are never deleted
+                    if replayed:
+                        return env
+                    _check_not_removing(env)
+                    if not same_quota(env.quota, quota):
+                        raise FailedPrecondition(
+                            f"the environment of {organization!r} has the quota "
+                            f"{_show(env.quota)}; change it with UpdateTenantQuota",
+                            reason="QUOTA_MISMATCH",
+                            violations=[FieldViolation("quota", "differs from the current quota")],
+                            metadata={"organization": organization},
+                        )
+                    if tuple(owners) != env.owners or dict(labels) != dict(env.labels):
+                        env = await pg.update_spec(
+                            conn,
+                            organization,
+                            owners=owners,
+                            labels=labels,
+                            due_in=self.timing.grace,
+                        )
+                await claim
+            return await self._converge_locked(session, env)
+
+    @contextlib.asynccontextmanager
+    async def _claim_asked(self, spec: TenantSpec) -> AsyncIterator[asyncio.Future[None]]:
+        """Asks whether the namespace is ours, in the background: the caller awaits the
+        answer before it commits (a namespace that is not ours records nothing), and
+        the API call costs no time of its own on the way to the apply. Stopped, or its
+        outcome taken, when the caller ends early (a replay, an error)."""
+        claim = asyncio.ensure_future(self._check_claim(spec))
         try:
-            async with self._session(organization) as session:
-                async with session.transaction() as conn:
-                    replayed = await self._replay(conn, organization, request)
-                    env = await pg.create(
-                        conn,
-                        organization,
-                        owners=owners,
-                        quota=quota,
-                        labels=labels,
-                        backend=self.backend.kind,
-                        conditions=unknown_conditions(),
-                        due_in=self.timing.grace,
-                        actor=actor,
-                        request_id=request.request_id if request else "",
-                    )
-                    if env is None:  # provisioned before
-                        env = await pg.load(conn, organization, for_update=True)
-                        assert env is not None  # rows are never deleted
-                        if replayed:
-                            return env
-                        _check_not_removing(env)
-                        if not same_quota(env.quota, quota):
-                            raise FailedPrecondition(
-                                f"the environment of {organization!r} has the quota "
-                                f"{_show(env.quota)}; change it with UpdateTenantQuota",
-                                reason="QUOTA_MISMATCH",
-                                violations=[
-                                    FieldViolation("quota", "differs from the current quota")
-                                ],
-                                metadata={"organization": organization},
-                            )
-                        if tuple(owners) != env.owners or dict(labels) != dict(env.labels):
-                            env = await pg.update_spec(
-                                conn,
-                                organization,
-                                owners=owners,
-                                labels=labels,
-                                due_in=self.timing.grace,
-                            )
-                    await claim
-                return await self._converge_locked(session, env)
+            yield claim
         finally:
-            # Not awaited when the call ended early (a replay, an error): stopped, or
-            # its outcome taken so that it is not reported as never retrieved.
             claim.cancel()
             with contextlib.suppress(asyncio.CancelledError, FailedPrecondition):
                 await claim

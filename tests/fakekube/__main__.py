@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # A process of its own: a handler thread whose latency is up takes the GIL from
-    # a busy one within 0.5 ms rather than the default 5 ms, so answers leave on time.
+    # a busy one within 0.1 ms rather than the default 5 ms, so answers leave on time.
     sys.setswitchinterval(0.0001)
     per_resource = {} if args.namespace_latency is None else {"namespaces": args.namespace_latency}
     server = FakeKubeServer(

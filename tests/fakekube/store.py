@@ -219,7 +219,7 @@ class ObjectStore:
         self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, subresource: str
     ) -> dict[str, Any]:
         """Fill in what the real server's strategies and defaulting would."""
-        obj = strip_nulls(clone(obj))
+        obj = strip_nulls(obj)  # a new object: its maps and lists are rebuilt
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
         meta = obj.setdefault("metadata", {})
