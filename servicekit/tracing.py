@@ -5,7 +5,7 @@ RPC (continuing the caller's trace from the ``traceparent`` metadata) and the cl
 interceptors on the channels between servers (:mod:`servicekit.channels`) start a child
 span and send ``traceparent`` on, so an organization's saga is one trace from
 TenantService's ``CreateOrganization`` to the Provisioner's ``ProvisionTenant`` and its
-Kubernetes API requests (the aiohttp instrumentation on its HTTP session). Health
+Kubernetes API requests (a client span per request, :func:`http_client_span`). Health
 checks are left out: probes would otherwise be most of the spans.
 
 Everything is read from the standard variables, by the SDK itself:
@@ -23,11 +23,11 @@ While a span is current, the JSON logs carry its ``trace_id`` and ``span_id``
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import aiohttp
 import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -114,15 +114,48 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return interceptors
 
 
-def http_trace_configs() -> list[aiohttp.TraceConfig]:
-    """The aiohttp instrumentation for a new HTTP client session (the Provisioner's
-    Kubernetes API calls), or none when off."""
-    if _provider is None:
-        return []
-    from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+class HttpSpan:
+    """The span of one HTTP request, told how it was answered (none when tracing is
+    off: then this does nothing)."""
 
-    config: aiohttp.TraceConfig = create_trace_config(tracer_provider=_provider)
-    return [config]
+    def __init__(self, span: trace.Span | None = None) -> None:
+        self._span = span
+
+    def answered(self, status: int) -> None:
+        """Records the answer's status; 4xx and 5xx mark the span as an error."""
+        if self._span is None:
+            return
+        self._span.set_attribute("http.status_code", status)
+        self._span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            self._span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
+
+
+@contextlib.contextmanager
+def http_client_span(
+    method: str, url: str, headers: dict[str, str] | None = None
+) -> Iterator[HttpSpan]:
+    """A client span around one HTTP request (the Provisioner's Kubernetes API calls),
+    a child of the current span, with the ``traceparent`` to send added to
+    ``headers``; a no-op when tracing is off."""
+    if _provider is None:
+        yield HttpSpan()
+        return
+    from opentelemetry import propagate
+
+    tracer = _provider.get_tracer(__name__)
+    attributes = {
+        "http.method": method,
+        "http.request.method": method,
+        "http.url": url,
+        "url.full": url,
+    }
+    with tracer.start_as_current_span(
+        method, kind=trace.SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        if headers is not None:
+            propagate.inject(headers)
+        yield HttpSpan(span)
 
 
 def shutdown() -> None:

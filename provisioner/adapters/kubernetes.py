@@ -1,7 +1,7 @@
 """The Kubernetes backend: server-side apply over asyncio HTTP.
 
 Calls go out on the event loop through :class:`~provisioner.adapters.kube_http.KubeHttp`
-(aiohttp, pooled keep-alive connections; the official client only loads the connection
+(asyncio streams, pooled keep-alive connections; the official client only loads the connection
 settings), so calls that do not depend on each other run concurrently without threads:
 the four guard objects after the namespace. Each call has a timeout and is retried,
 with jittered exponential backoff, while its error is temporary.

@@ -14,6 +14,10 @@ Latency model
 Latency is the time the API takes to answer a request, its own work included: it is
 measured from the request's arrival, and once the request was served the answer waits
 out whatever remains, with no lock held (slow calls overlap, as on a real server).
+Arrival is when the request line reached the socket, as the kernel stamped it on Linux
+(see :mod:`.arrival`), so a request that waited for the GIL behind others is not
+charged the wait; an answer leaves at its deadline to within a tenth of a millisecond
+or so (the last half millisecond is watched on the clock, not slept).
 
 Each resource request is charged as one verb, decided after it was served, because
 only then is it known whether a PATCH/PUT created the object:

@@ -12,6 +12,7 @@ included) is chosen per request by verb and resource; the first match wins among
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -71,11 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         "resource or any, takes; repeatable, e.g. create:namespaces=0.05",
     )
     parser.add_argument("--namespace-deletion-delay", type=float, default=0.2)
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="lower the process's CPU priority by this much (0-19; default 0). On a machine "
+        "shared with the processes being measured, 19 keeps the fake's own work from "
+        "preempting them, as an API server on other machines would not",
+    )
     args = parser.parse_args(argv)
 
     # A process of its own: a handler thread whose latency is up takes the GIL from
     # a busy one within 0.1 ms rather than the default 5 ms, so answers leave on time.
     sys.setswitchinterval(0.0001)
+    if args.nice:
+        os.nice(args.nice)
     per_resource = {} if args.namespace_latency is None else {"namespaces": args.namespace_latency}
     server = FakeKubeServer(
         host=args.host,

@@ -16,6 +16,7 @@ answered.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import threading
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from . import errors, resources
+from .arrival import ArrivalReader
 from .errors import KubeApiError, reason_for_code
 from .faults import Fault, FaultTable, RequestInfo, RequestLog, RequestRecord
 from .resources import ResourceType, resolve_type
@@ -353,6 +355,10 @@ class _HTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+# How close to its deadline a held answer stops sleeping and watches the clock.
+_SPIN = 0.0006
+
+
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 keep-alive, as urllib3 pools connections.
     protocol_version = "HTTP/1.1"
@@ -361,11 +367,18 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _HTTPServer
 
+    def setup(self) -> None:
+        super().setup()
+        self._reader = ArrivalReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+        self._answered = 0.0  # when the previous answer on this connection was sent
+
     def parse_request(self) -> bool:
-        # A request arrives when its request line has been read: the latency clock
-        # starts here, so the fake's header parsing counts as its own work (inside the
-        # latency), as a real API server's would.
-        self._arrived = time.monotonic()
+        # Called once the request line has been read: the latency clock starts when
+        # that line reached the socket (never before the previous answer left), so the
+        # fake's header parsing, and any wait for the GIL, count as its own work
+        # (inside the latency), as a real API server's would.
+        self._arrived = max(self._reader.arrived, self._answered)
         return super().parse_request()
 
     def do_GET(self) -> None:
@@ -407,6 +420,10 @@ class _Handler(BaseHTTPRequestHandler):
         # Decided after serving: whether a PATCH/PUT created the object is known only now.
         verb = fake.api.verb_of(call, response)
         latency = fake.faults.latency_for(verb, info.resource)
+        # Encoded before the hold: a real server's work on the answer is inside its
+        # latency too, and what leaves after the hold is one write (status line,
+        # headers and body in one segment, so the client wakes once).
+        answer = self._encode(response)
         self._hold_answer(started, latency, fault)
         # Logged before the answer is written: once a client has its answer, the request
         # is in the log (a test may read or clear the log right after the call).
@@ -427,7 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
                 latency=latency,
             )
         )
-        self._write(response)
+        # Taken before the write: the next request on this connection (sent once this
+        # answer is in) may arrive before this thread runs again.
+        self._answered = time.monotonic()
+        self._send(answer)
 
     def _hold_answer(self, started: float, latency: float, fault: Fault | None) -> None:
         """Hold the answer until ``latency`` seconds after ``started``, no lock held.
@@ -441,11 +461,17 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             fault.meet()
         stopping = self.server.stopping
-        # A loop, comparing elapsed time itself: never answer early, even if a wait
-        # returns a hair before its timeout, so a record's duration >= its latency.
-        remaining = latency - (time.monotonic() - started)
-        while remaining > 0 and not stopping.wait(remaining):
-            remaining = latency - (time.monotonic() - started)
+        deadline = started + latency
+        # Timed waits here wake a few tenths of a millisecond late: wait until just
+        # before the deadline, then watch the clock for the rest (giving the GIL up
+        # to the other handlers meanwhile), so the answer leaves on time. Never early:
+        # a record's duration is at least its latency.
+        while (remaining := deadline - time.monotonic()) > _SPIN and not stopping.wait(
+            remaining - _SPIN
+        ):
+            pass
+        while time.monotonic() < deadline and not stopping.is_set():
+            time.sleep(0)
 
     def _serve(self, call: _Call, route: Route) -> tuple[_Response, Fault | None]:
         fake = self.server.fake
@@ -468,19 +494,26 @@ class _Handler(BaseHTTPRequestHandler):
             error = KubeApiError(500, "InternalError", f"fake API server error: {exc!r}")
             return _Response(500, error.status(), {}), fault
 
-    def _write(self, response: _Response) -> None:
+    def _encode(self, response: _Response) -> bytes:
+        """The whole HTTP answer: status line, headers and body."""
         if isinstance(response.body, str):
             payload, content_type = response.body.encode(), "text/plain; charset=utf-8"
         else:
             payload, content_type = json.dumps(response.body).encode(), "application/json"
+        phrase = self.responses.get(response.code, ("",))[0]
+        lines = [
+            f"{self.protocol_version} {response.code} {phrase}",
+            f"Server: {self.version_string()}",
+            f"Date: {self.date_time_string()}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(payload)}",
+            *(f"{name}: {value}" for name, value in response.headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+    def _send(self, answer: bytes) -> None:
         try:
-            self.send_response(response.code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
+            self.wfile.write(answer)
             self.wfile.flush()
         except OSError:
             # The client gave up (timeout) and closed the connection.

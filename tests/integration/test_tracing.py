@@ -1,7 +1,7 @@
 """OpenTelemetry: an organization's saga is one trace across TenantService, the
-Provisioner and its Kubernetes API requests, made by the official gRPC and aiohttp
-instrumentations; JSON logs carry its ids; and without an OTLP endpoint nothing is
-instrumented."""
+Provisioner and its Kubernetes API requests (the official gRPC instrumentation and the
+Provisioner's own client spans); JSON logs carry its ids; and without an OTLP endpoint
+nothing is instrumented."""
 
 from __future__ import annotations
 

@@ -3,14 +3,14 @@ classification, backoff and the choice of backend."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from provisioner.adapters.kube_http import classify, status_error
+from provisioner.adapters.kube_http import ProtocolError, classify, status_error
 from provisioner.app import SETTINGS, choose_backend
 from provisioner.domain.checks import check_labels, check_owners
 from provisioner.domain.manifests import (
@@ -127,8 +127,9 @@ def api_error(status: int, reason: str = "", headers: dict[str, str] | None = No
         (api_error(422, "Invalid"), False, "Invalid"),
         (api_error(401, "Unauthorized"), False, "Unauthorized"),
         (classify(TimeoutError()), True, "Timeout"),
-        (classify(aiohttp.ServerTimeoutError("read timed out")), True, "Timeout"),
-        (classify(aiohttp.ServerDisconnectedError()), True, "Unreachable"),
+        (classify(asyncio.IncompleteReadError(b"HTTP/1.1 200", None)), True, "Unreachable"),
+        (classify(ConnectionResetError("reset")), True, "Unreachable"),
+        (classify(ProtocolError("not HTTP")), True, "BadResponse"),
         (classify(ConnectionRefusedError("refused")), True, "Unreachable"),
         (classify(ValueError("a bug")), False, "ClientError"),
     ],
