@@ -117,6 +117,13 @@ class TenantSession:
                 self._unsure = False
             yield self.conn
 
+    @contextlib.asynccontextmanager
+    async def bare_transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that sets nothing up, for statements that set row-level
+        security up themselves (:func:`record_new`)."""
+        async with self.conn.transaction():
+            yield self.conn
+
     async def lock(self) -> None:
         """Waits for the tenant lock unless it is held already.
 
@@ -240,6 +247,47 @@ async def create(
     return environment(row) if row else None
 
 
+async def record_new(
+    session: TenantSession,
+    *,
+    owners: Sequence[str],
+    quota: Quota,
+    labels: dict[str, str],
+    backend: BackendKind,
+    conditions: Sequence[Condition],
+    due_in: float,
+    actor: str,
+) -> Environment | None:
+    """:func:`create` without a request id, in one statement (see
+    ``provisioner.record_new`` in the migrations) that also sets row-level security up
+    and tries the tenant lock (:attr:`TenantSession.locked` says whether the session
+    holds it now; the lock outlives a rollback). Inside
+    :meth:`TenantSession.bare_transaction`, or on its own: then it is a transaction
+    of its own, committed durably as it ends.
+
+    Returns:
+        The new environment, or None when the organization has one already (nothing
+        written).
+    """
+    session._unsure = True
+    row = await session.conn.fetchrow(
+        "SELECT r.locked, (r.env).* FROM provisioner.record_new("
+        "$1, $2, $3, $4, $5, $6, $7, $8, $9) r",
+        session.organization,
+        session._key,
+        list(owners),
+        quota.to_json(),
+        labels,
+        backend.value,
+        [c.to_json() for c in conditions],
+        due_in,
+        actor,
+    )
+    session.locked = session.locked or bool(row["locked"])
+    session._unsure = False
+    return environment(row) if row["organization"] is not None else None
+
+
 async def update_spec(
     conn: asyncpg.Connection,
     organization: str,
@@ -270,8 +318,7 @@ async def update_spec(
 
 
 async def record_status(
-    conn: asyncpg.Connection,
-    organization: str,
+    session: TenantSession,
     *,
     state: State,
     backend: BackendKind,
@@ -284,30 +331,29 @@ async def record_status(
     deletion_progress: str,
     changed: bool,
     applied_generation: int | None = None,
+    durable: bool = True,
 ) -> Environment | None:
-    """Writes a reconcile's outcome; the version (etag) moves only when ``changed``.
+    """Writes a reconcile's outcome, in one statement of its own (one round trip, see
+    ``provisioner.record_status`` in the migrations); the version (etag) moves only
+    when ``changed``. The session must hold the tenant lock and have no transaction
+    open.
 
     Args:
         applied_generation: for the outcome of an apply, the generation applied. Then
             nothing is written once deprovisioning has begun (its own steps take over),
             and the environment is due at once when its spec moved past that generation
             meanwhile. Both are decided on the row as it is when written.
+        durable: whether the commit waits for the disk.
 
     Returns:
         The environment as written; None when nothing was (deprovisioning began).
     """
-    row = await conn.fetchrow(
-        "UPDATE provisioner.environments SET "  # noqa: S608
-        "state = $2, backend = $3, observed_generation = $4, conditions = $5, observed = $6, "
-        "last_error = $7, failures = $8, deletion_progress = $10, reconciled_at = now(), "
-        "next_reconcile_at = CASE WHEN $12::bigint IS NULL OR generation = $12 "
-        "THEN $9 ELSE now() END, "
-        "version = version + CASE WHEN $11 THEN 1 ELSE 0 END, "
-        "updated_at = CASE WHEN $11 THEN now() ELSE updated_at END "
-        "WHERE organization = $1 "
-        "AND ($12::bigint IS NULL OR state NOT IN ('DELETING', 'DELETED')) "
-        f"RETURNING {_COLUMNS}",
-        organization,
+    assert session.locked, "a status is written under the tenant lock"
+    row = await session.conn.fetchrow(
+        "SELECT * FROM provisioner.record_status("
+        "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        session.organization,
+        durable,
         state.value,
         backend.value,
         observed_generation,

@@ -222,6 +222,24 @@ class Tenants:
         """
         spec = TenantSpec(organization, tuple(owners), quota, labels)
         async with self._claim_asked(spec) as claim, self._session(organization) as session:
+            if request is None:
+                # The common first call: one statement records the environment and
+                # tries the lock while the ownership check is under way; the commit
+                # waits for its answer (a namespace that is not ours records nothing).
+                async with session.bare_transaction():
+                    env = await pg.record_new(
+                        session,
+                        owners=owners,
+                        quota=quota,
+                        labels=labels,
+                        backend=self.backend.kind,
+                        conditions=unknown_conditions(),
+                        due_in=self.timing.grace,
+                        actor=actor,
+                    )
+                    await claim
+                if env is not None:
+                    return await self._converge_locked(session, env)
             async with session.transaction() as conn:
                 replayed = await self._replay(conn, organization, request)
                 env = await pg.create(
@@ -441,23 +459,23 @@ class Tenants:
         )
         # The status is derived from what the backend answered: a crash that lost this
         # commit leaves the environment due, and the next reconcile writes it again.
-        async with session.transaction(durable=False) as conn:
-            recorded = await pg.record_status(
-                conn,
-                env.organization,
-                state=state,
-                backend=self.backend.kind,
-                observed_generation=observed_generation,
-                conditions=conditions,
-                observation=observation,
-                last_error=last_error,
-                failures=failures,
-                next_reconcile_at=now + dt.timedelta(seconds=delay),
-                deletion_progress="",
-                changed=changed,
-                applied_generation=env.generation,
-            )
-            if recorded is None:  # deprovisioning began meanwhile; its own steps take over
+        recorded = await pg.record_status(
+            session,
+            state=state,
+            backend=self.backend.kind,
+            observed_generation=observed_generation,
+            conditions=conditions,
+            observation=observation,
+            last_error=last_error,
+            failures=failures,
+            next_reconcile_at=now + dt.timedelta(seconds=delay),
+            deletion_progress="",
+            changed=changed,
+            applied_generation=env.generation,
+            durable=False,
+        )
+        if recorded is None:  # deprovisioning began meanwhile; its own steps take over
+            async with session.transaction(readonly=True) as conn:
                 recorded = await pg.load(conn, env.organization)
         assert recorded is not None  # rows are never deleted
         return recorded
@@ -518,21 +536,19 @@ class Tenants:
             )
             or progress != env.deletion_progress
         )
-        async with session.transaction() as conn:
-            recorded = await pg.record_status(
-                conn,
-                env.organization,
-                state=state,
-                backend=self.backend.kind,
-                observed_generation=env.observed_generation,
-                conditions=conditions,
-                observation=observation,
-                last_error=last_error,
-                failures=failures,
-                next_reconcile_at=now + dt.timedelta(seconds=delay),
-                deletion_progress=progress,
-                changed=changed,
-            )
+        recorded = await pg.record_status(
+            session,
+            state=state,
+            backend=self.backend.kind,
+            observed_generation=env.observed_generation,
+            conditions=conditions,
+            observation=observation,
+            last_error=last_error,
+            failures=failures,
+            next_reconcile_at=now + dt.timedelta(seconds=delay),
+            deletion_progress=progress,
+            changed=changed,
+        )
         assert recorded is not None  # unconditional: rows are never deleted
         return recorded
 

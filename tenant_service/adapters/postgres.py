@@ -51,6 +51,13 @@ class TenantStore:
             yield conn
 
     @contextlib.asynccontextmanager
+    async def single(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection with no transaction open, for one statement that is its own
+        transaction and sets row-level security up itself (see :func:`set_state`)."""
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def plain(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction for work that belongs to no single organization."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -355,13 +362,23 @@ async def insert_organization(
     labels: Mapping[str, str],
     created_by: str,
     attempt_in: float,
-) -> Organization | None:
-    """Records a new organization PROVISIONING; None when the slug was ever taken."""
+) -> tuple[Organization, str] | None:
+    """Records a new organization PROVISIONING with its creator as owner; the
+    organization and the creator's email (the saga's next step needs it), or None
+    when the slug was ever taken (nothing written).
+
+    One statement: on a connection with no transaction open it is a transaction of
+    its own, committed as it ends (one round trip).
+    """
     row = await conn.fetchrow(
-        f"INSERT INTO tenant.organizations (organization, uid, display_name, state, labels, "  # noqa: S608
-        "created_by, next_attempt_at) VALUES ($1, $2, $3, 'PROVISIONING', $4, $5, "
-        "now() + make_interval(secs => $6)) ON CONFLICT (organization) DO NOTHING "
-        f"RETURNING {_ORG_COLUMNS}",
+        "WITH org AS (INSERT INTO tenant.organizations (organization, uid, display_name, "  # noqa: S608
+        "state, labels, created_by, next_attempt_at) VALUES ($1, $2, $3, 'PROVISIONING', $4, "
+        "$5, now() + make_interval(secs => $6)) ON CONFLICT (organization) DO NOTHING "
+        f"RETURNING {_ORG_COLUMNS}), "
+        "owner AS (INSERT INTO tenant.members (organization, user_id, role) "
+        "SELECT organization, $5::uuid, 'owner' FROM org) "
+        f"SELECT {_ORG_COLUMNS}, (SELECT email FROM tenant.users WHERE id = $5::uuid) "
+        "AS owner_email FROM org",
         slug,
         uuid.uuid4(),
         display_name,
@@ -369,7 +386,7 @@ async def insert_organization(
         created_by,
         attempt_in,
     )
-    return _org(row) if row else None
+    return (_org(row), str(row["owner_email"])) if row else None
 
 
 async def load_organization(
@@ -409,19 +426,19 @@ async def set_state(
     expect: Sequence[OrgState] = (),
     failures: int = 0,
     attempt_in: float = 0.0,
+    durable: bool = True,
 ) -> Organization | None:
     """Moves an organization to ``state`` if it is in one of ``expect`` (any when
-    empty); None when it was not."""
+    empty); None when it was not.
+
+    One statement (``tenant.set_state`` in the migrations): inside a transaction it
+    joins it; on a connection with none open it is a transaction of its own, one round
+    trip, whose commit waits for the disk only when ``durable``.
+    """
     row = await conn.fetchrow(
-        "UPDATE tenant.organizations SET state = $2, state_reason = $3, failures = $4, "  # noqa: S608
-        "next_attempt_at = now() + make_interval(secs => $5), version = version + "
-        "CASE WHEN state = $2 AND state_reason = $3 THEN 0 ELSE 1 END, "
-        "updated_at = CASE WHEN state = $2 AND state_reason = $3 THEN updated_at ELSE now() END, "
-        "deleted_at = CASE WHEN $2 IN ('DELETING', 'DELETED') THEN coalesce(deleted_at, now()) "
-        "ELSE deleted_at END "
-        "WHERE organization = $1 AND (cardinality($6::text[]) = 0 OR state = ANY($6::text[])) "
-        f"RETURNING {_ORG_COLUMNS}",
+        "SELECT * FROM tenant.set_state($1, $2, $3, $4, $5, $6, $7)",
         slug,
+        durable,
         state.value,
         reason,
         failures,
@@ -553,18 +570,6 @@ async def insert_member(
     if inserted is None:
         return None
     return await load_member(conn, organization, user_id)
-
-
-async def add_first_owner(conn: asyncpg.Connection, organization: str, user_id: str) -> str:
-    """Makes the creator of a new organization its owner; returns the creator's email
-    (one round trip: the saga's next step needs it)."""
-    email: str = await conn.fetchval(
-        "WITH added AS (INSERT INTO tenant.members (organization, user_id, role) "
-        "VALUES ($1, $2, 'owner')) SELECT email FROM tenant.users WHERE id = $2",
-        organization,
-        uuid.UUID(user_id),
-    )
-    return email
 
 
 async def load_member(

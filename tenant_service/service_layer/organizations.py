@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -144,28 +145,25 @@ class Organizations:
             raise AlreadyExists(
                 RESOURCE, slug, f"organization slug {slug!r} is reserved by the platform"
             )
-        async with self._store.plain() as conn:
-            found = await pg.find_request(conn, None, request.request_id) if request else None
-            if found is not None:
-                assert request is not None
-                request.confirm_retry(found[0], found[1])
-            else:
-                org = await pg.insert_organization(
-                    conn,
-                    slug=slug,
-                    display_name=display_name or slug,
-                    labels=labels,
-                    created_by=creator,
-                    attempt_in=self.timing.grace,
-                )
-                if org is None:
-                    raise AlreadyExists(
-                        RESOURCE,
-                        slug,
-                        f"organization slug {slug!r} is taken (slugs are never reused)",
-                    )
-                owner_email = await pg.add_first_owner(conn, slug, creator)
-                if request is not None:
+        new = functools.partial(
+            pg.insert_organization,
+            slug=slug,
+            display_name=display_name or slug,
+            labels=labels,
+            created_by=creator,
+            attempt_in=self.timing.grace,
+        )
+        if request is None:
+            async with self._store.single() as conn:  # one statement, one round trip
+                created = await new(conn)
+        else:
+            async with self._store.plain() as conn:
+                found = await pg.find_request(conn, None, request.request_id)
+                if found is not None:
+                    request.confirm_retry(found[0], found[1])
+                    return await self.get(str(found[2]["organization"]))
+                created = await new(conn)
+                if created is not None:
                     await pg.save_request(
                         conn,
                         None,
@@ -174,10 +172,12 @@ class Organizations:
                         request.fingerprint,
                         {"organization": slug},
                     )
-        if found is not None:
-            return await self.get(str(found[2]["organization"]))
-        # The first step right away, with what this transaction already knows.
-        assert org is not None
+        if created is None:
+            raise AlreadyExists(
+                RESOURCE, slug, f"organization slug {slug!r} is taken (slugs are never reused)"
+            )
+        org, owner_email = created
+        # The first step right away, with what the insert already knows.
         async with self._lock(slug):
             return await self._provision(org, [owner_email])
 
@@ -396,7 +396,7 @@ class Organizations:
         expect: tuple[OrgState, ...] | None = None,
         durable: bool = True,
     ) -> Organization:
-        async with self._store.org(org.slug, durable=durable) as conn:
+        async with self._store.single() as conn:  # one statement, one round trip
             moved = await pg.set_state(
                 conn,
                 org.slug,
@@ -405,6 +405,7 @@ class Organizations:
                 failures=failures,
                 attempt_in=attempt_in,
                 expect=expect if expect is not None else (org.state,),
+                durable=durable,
             )
         # None: another replica (or a delete) moved it meanwhile; report what it is.
         return moved or await self.get(org.slug)
