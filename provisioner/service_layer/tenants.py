@@ -286,6 +286,7 @@ class Tenants:
         the API call costs no time of its own on the way to the apply. Stopped, or its
         outcome taken, when the caller ends early (a replay, an error)."""
         claim = asyncio.ensure_future(self._check_claim(spec))
+        await asyncio.sleep(0)  # the request goes out now, before the caller's first query
         try:
             yield claim
         finally:
