@@ -391,7 +391,7 @@ class KubeHttp:
                 connection.close()
             return answer
 
-    async def request(
+    def prepare(
         self,
         method: str,
         path: str,
@@ -400,22 +400,23 @@ class KubeHttp:
         body: Any = None,
         content_type: str = JSON,
         accept: tuple[int, ...] = (),
-    ) -> Any:
-        """One request; the answer's JSON (None for an empty body).
+    ) -> Prepared:
+        """A request ready to send (:meth:`send`): its target, headers and encoded body.
+
+        Preparing is the CPU work of a request; a caller that knows its next requests
+        prepares them while it waits for an earlier answer, so that what follows the
+        answer is only writing them out.
 
         Args:
             path: the API path, e.g. ``/api/v1/namespaces/acme`` (already quoted).
             body: sent as JSON (valid YAML too, for server-side apply).
             accept: error statuses that are an answer (e.g. 404 on a delete): the call
                 returns None.
-
-        Raises:
-            BackendError: an error answer, a timeout, no connection.
         """
         target = self._server.prefix + path
         if query:
             target += "?" + urlencode(query)
-        headers = {"Accept": JSON, "User-Agent": _USER_AGENT, **await self._auth_now()}
+        headers = {"Accept": JSON, "User-Agent": _USER_AGENT}
         data = b""
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
@@ -425,16 +426,41 @@ class KubeHttp:
             target = f"http://{self._server.authority}{target}"
             headers.update(self._proxy_headers)
         url = target if target.startswith("http:") else self._server.origin + target
-        with tracing.http_client_span(method, url, headers) as span:
-            head = self._head(method, target, headers, len(data))
+        prepared = Prepared(method, target, url, headers, data, accept)
+        if self._auth_fresh():
+            prepared.auth = self._auth
+            prepared.head = self._head(method, target, {**headers, **self._auth}, len(data))
+        return prepared
+
+    async def send(self, prepared: Prepared) -> Any:
+        """Sends a prepared request (again, when retried); the answer's JSON (None for an
+        empty body, or an error status the request accepts).
+
+        Raises:
+            BackendError: an error answer, a timeout, no connection.
+        """
+        auth = await self._auth_now()
+        traced: dict[str, str] = {}  # the span's own headers (traceparent), if tracing
+        with tracing.http_client_span(prepared.method, prepared.url, traced) as span:
+            if traced or prepared.auth is not auth:  # built with other credentials
+                head = self._head(
+                    prepared.method,
+                    prepared.target,
+                    {**prepared.headers, **auth, **traced},
+                    len(prepared.data),
+                )
+                if not traced:
+                    prepared.head, prepared.auth = head, auth
+            else:
+                head = prepared.head
             try:
                 async with self._slots, asyncio.timeout(self._timeout):
-                    answer = await self._exchange(head, data, method)
+                    answer = await self._exchange(head, prepared.data, prepared.method)
             except Exception as exc:  # the OS and the streams raise many kinds
                 raise classify(exc) from exc
             span.answered(answer.status)
         if answer.status >= 400:
-            if answer.status in accept:
+            if answer.status in prepared.accept:
                 return None
             raise status_error(answer.status, answer.body, answer.headers)
         try:
@@ -446,6 +472,42 @@ class KubeHttp:
                 reason="BadResponse",
                 status=answer.status,
             ) from exc
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = JSON,
+        accept: tuple[int, ...] = (),
+    ) -> Any:
+        """One request (:meth:`prepare`, then :meth:`send`); the answer's JSON.
+
+        Raises:
+            BackendError: an error answer, a timeout, no connection.
+        """
+        return await self.send(
+            self.prepare(
+                method, path, query=query, body=body, content_type=content_type, accept=accept
+            )
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """A request of :meth:`KubeHttp.prepare`: everything but the credentials, and the
+    whole head as built with the credentials current then (rebuilt when they change)."""
+
+    method: str
+    target: str
+    url: str
+    headers: dict[str, str]
+    data: bytes
+    accept: tuple[int, ...]
+    head: bytes = b""
+    auth: dict[str, str] | None = None
 
 
 def object_path(api_version: str, plural: str, name: str, namespace: str = "") -> str:

@@ -3,8 +3,10 @@
 Calls go out on the event loop through :class:`~provisioner.adapters.kube_http.KubeHttp`
 (asyncio streams, pooled keep-alive connections; the official client only loads the connection
 settings), so calls that do not depend on each other run concurrently without threads:
-the four guard objects after the namespace. Each call has a timeout and is retried,
-with jittered exponential backoff, while its error is temporary.
+the four guard objects after the namespace. The calls that follow the namespace (the
+guards, the label) are prepared, encoded and all, while the namespace is being
+created, so its answer is followed at once by their requests. Each call has a timeout
+and is retried, with jittered exponential backoff, while its error is temporary.
 
 Field managers: ``agentready-provisioner`` owns everything we apply, except the
 namespace's ``agentready.io/isolation-ready`` label, which a second manager
@@ -32,6 +34,7 @@ from provisioner.adapters.backend import Backend
 from provisioner.adapters.kube_http import (
     JSON,
     KubeHttp,
+    Prepared,
     classify,
     load_configuration,
     object_path,
@@ -143,11 +146,17 @@ class KubernetesBackend(Backend):
             accept: HTTP statuses that are an answer, not a failure (e.g. 404 on a
                 delete): the call returns None at once.
         """
+        return await self._send(
+            self._http.prepare(
+                method, path, query=query, body=body, content_type=content_type, accept=accept
+            )
+        )
+
+    async def _send(self, request: Prepared) -> Any:
+        """:meth:`_call` of a prepared request."""
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._http.request(
-                    method, path, query=query, body=body, content_type=content_type, accept=accept
-                )
+                return await self._http.send(request)
             except BackendError as error:
                 if not error.temporary or attempt == self._attempts:
                     raise
@@ -156,8 +165,8 @@ class KubernetesBackend(Backend):
                     delay = max(delay, error.retry_after)
                 log.info(
                     "kubernetes call %s %s failed (%s); retry %d in %.2fs",
-                    method,
-                    path,
+                    request.method,
+                    request.target,
                     error,
                     attempt,
                     delay,
@@ -165,11 +174,11 @@ class KubernetesBackend(Backend):
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _apply(
+    def _prepare_apply(
         self, obj: manifests.Manifest, *, manager: str = "", accept: tuple[int, ...] = ()
-    ) -> Any:
-        """Server-side apply of ``obj`` (forced: we own these fields); the stored object."""
-        return await self._call(
+    ) -> Prepared:
+        """Server-side apply of ``obj`` (forced: we own these fields), prepared."""
+        return self._http.prepare(
             "PATCH",
             manifest_path(obj),
             query=(("fieldManager", manager or manifests.MANAGER), ("force", "true")),
@@ -178,13 +187,30 @@ class KubernetesBackend(Backend):
             accept=accept,
         )
 
+    async def _apply(
+        self, obj: manifests.Manifest, *, manager: str = "", accept: tuple[int, ...] = ()
+    ) -> Any:
+        """Server-side apply of ``obj``; the stored object."""
+        return await self._send(self._prepare_apply(obj, manager=manager, accept=accept))
+
     # -- the interface ---------------------------------------------------------------
 
     async def apply(self, spec: TenantSpec) -> ApplyReport:
+        namespace = asyncio.ensure_future(self._apply(manifests.namespace(spec)))
         try:
-            ns = await self._apply(manifests.namespace(spec))
+            await asyncio.sleep(0)  # the namespace's request goes out first
+            # The calls that follow it are prepared while it is being created: after
+            # its answer they only have to be written out.
+            objects = manifests.guard_objects(spec, platform=self._platform)
+            guards = [self._prepare_apply(objects[kind]) for kind in GUARDS]
+            label = self._prepare_apply(
+                manifests.isolation_marker(spec, ready=True), manager=ISOLATION_MANAGER
+            )
+            ns = await namespace
         except BackendError as exc:
             return ApplyReport([StepResult(ConditionType.NAMESPACE, exc)])
+        finally:
+            namespace.cancel()  # when it is still running: preparing failed
         phase = str(((ns or {}).get("status") or {}).get("phase") or "")
         if phase == "Terminating":
             waiting = BackendError(
@@ -195,9 +221,8 @@ class KubernetesBackend(Backend):
             return ApplyReport(
                 [StepResult(ConditionType.NAMESPACE, waiting)], Observation(namespace_phase=phase)
             )
-        objects = manifests.guard_objects(spec, platform=self._platform)
         outcomes = await asyncio.gather(
-            *(self._apply(objects[kind]) for kind in GUARDS), return_exceptions=True
+            *(self._send(request) for request in guards), return_exceptions=True
         )
         steps = [StepResult(ConditionType.NAMESPACE)]
         quota_hard: dict[str, str] = {}
@@ -213,16 +238,17 @@ class KubernetesBackend(Backend):
                 status = (outcome or {}).get("status") or {}
                 quota_hard = dict(status.get("hard") or {})
                 quota_used = dict(status.get("used") or {})
-        steps.append(await self._mark_isolation(spec, ns or {}, steps))
+        steps.append(await self._mark_isolation(spec, ns or {}, steps, label))
         return ApplyReport(steps, Observation(phase, quota_hard, quota_used))
 
     async def _mark_isolation(
-        self, spec: TenantSpec, ns: Any, steps: list[StepResult]
+        self, spec: TenantSpec, ns: Any, steps: list[StepResult], label: Prepared
     ) -> StepResult:
         """The isolation-ready label: set once every guard exists, removed otherwise.
 
         ``ns`` is the namespace as the apply answered it: whether the label is there
-        already is read from it (no GET, and no write when nothing changes).
+        already is read from it (no GET, and no write when nothing changes). ``label``
+        is the apply that sets it, prepared.
         """
         labels = (ns.get("metadata") or {}).get("labels") or {}
         labelled = labels.get(manifests.ISOLATION_LABEL) == "true"
@@ -230,9 +256,7 @@ class KubernetesBackend(Backend):
         try:
             if not failed:
                 if not labelled:  # already there: no write, nothing changes
-                    await self._apply(
-                        manifests.isolation_marker(spec, ready=True), manager=ISOLATION_MANAGER
-                    )
+                    await self._send(label)
                 return StepResult(ConditionType.ISOLATION)
             if labelled:
                 await self._remove_isolation_label(spec)

@@ -37,6 +37,7 @@ import grpc
 from agentready.provisioner.v1 import provisioner_pb2 as pb
 from agentready.provisioner.v1 import provisioner_service_pb2_grpc
 
+from provisioner.adapters.kube_http import Prepared
 from provisioner.adapters.kubernetes import ISOLATION_MANAGER, KubernetesBackend
 from provisioner.app import SPEC
 from provisioner.domain import manifests
@@ -72,10 +73,10 @@ class ConcurrentBackend(KubernetesBackend):
     guarded_at = 0.0
 
     async def _mark_isolation(
-        self, spec: TenantSpec, ns: Any, steps: list[StepResult]
+        self, spec: TenantSpec, ns: Any, steps: list[StepResult], label: Prepared
     ) -> StepResult:
         self.guarded_at = time.perf_counter()
-        return await super()._mark_isolation(spec, ns, steps)
+        return await super()._mark_isolation(spec, ns, steps, label)
 
 
 class SequentialBackend(KubernetesBackend):

@@ -344,3 +344,34 @@ def test_no_proxy_bypasses_the_proxy() -> None:
         "https://kube.internal:6443", proxy="socks5://127.0.0.1:1080", no_proxy="kube.internal"
     )
     assert api._proxy is None
+
+
+async def test_a_prepared_request_goes_out_with_the_credentials_current_when_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request prepared ahead (or retried) never carries a token refreshed since."""
+    monkeypatch.setattr("provisioner.adapters.kube_http.AUTH_REFRESH_SECONDS", 0.0)
+
+    async def script(reader: Reader, writer: Writer, server: Scripted) -> None:
+        while True:
+            await server.request(reader)
+            writer.write(answer(200, {}))
+
+    refreshed = 0
+
+    def refresh(configuration: client.Configuration) -> None:
+        nonlocal refreshed
+        refreshed += 1
+        configuration.api_key = {"authorization": f"Bearer token-{refreshed}"}
+
+    async with serving(script) as server:
+        api = http(f"http://127.0.0.1:{server.port}", refresh_api_key_hook=refresh)
+        try:
+            prepared = api.prepare("PATCH", "/api/v1/namespaces/org-acme", body={"a": 1})
+            await api.send(prepared)
+            await api.send(prepared)  # as a retry would
+        finally:
+            await api.close()
+    tokens = [headers["authorization"] for _, headers, _ in server.requests]
+    assert tokens == ["Bearer token-1", "Bearer token-2"]
+    assert [body for _, _, body in server.requests] == [b'{"a":1}', b'{"a":1}']
