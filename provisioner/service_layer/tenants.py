@@ -107,6 +107,7 @@ class Tenants:
         self.backend = backend
         self.timing = timing
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[None]] = set()
         self._gates = KeyedLocks()
 
     @contextlib.asynccontextmanager
@@ -114,12 +115,32 @@ class Tenants:
         """A tenant session, one per tenant at a time in this process: callers of the
         same tenant queue here, without a pooled connection, so a burst of calls for
         one tenant cannot take the pool from the others (at most one connection per
-        tenant and replica waits on the tenant's advisory lock)."""
-        async with (
-            self._gates.hold(organization),
-            pg.tenant_session(self.pool, organization) as session,
-        ):
+        tenant and replica waits on the tenant's advisory lock).
+
+        A session that ends normally is closed in a task of its own (the tenant lock
+        released, the connection back in the pool, the next caller of the tenant let
+        in, in that order), so the caller's answer does not wait for the unlock's
+        round trip; its last write is committed by then. One that ends with an error
+        is closed before the error goes on.
+        """
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self._gates.hold(organization))
+        try:
+            session = await stack.enter_async_context(pg.tenant_session(self.pool, organization))
             yield session
+        except BaseException:
+            await stack.aclose()
+            raise
+        task = asyncio.create_task(self._end_session(stack), name=f"end-session-{organization}")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    @staticmethod
+    async def _end_session(stack: contextlib.AsyncExitStack) -> None:
+        try:
+            await stack.aclose()
+        except Exception:  # the connection was closed instead, which releases the lock
+            log.warning("ending a tenant session failed", exc_info=True)
 
     # -- transactions and locks ----------------------------------------------------------
 
@@ -572,7 +593,9 @@ class Tenants:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stops background work started by RPCs."""
+        """Stops background work started by RPCs (sessions still ending end first: each
+        holds a pooled connection)."""
+        await asyncio.gather(*self._ending, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
