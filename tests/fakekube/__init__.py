@@ -16,8 +16,10 @@ measured from the request's arrival, and once the request was served the answer 
 out whatever remains, with no lock held (slow calls overlap, as on a real server).
 Arrival is when the request line reached the socket, as the kernel stamped it on Linux
 (see :mod:`.arrival`), so a request that waited for the GIL behind others is not
-charged the wait; an answer leaves at its deadline to within a tenth of a millisecond
-or so (the last half millisecond is watched on the clock, not slept).
+charged the wait. Held answers are sent by one thread of the server's, earliest
+deadline first (the last half millisecond watched on the clock, not slept), so
+answers due at once (concurrent requests) each leave within about two tenths of a
+millisecond of their deadline instead of queueing for the GIL.
 
 Each resource request is charged as one verb, decided after it was served, because
 only then is it known whether a PATCH/PUT created the object:

@@ -16,6 +16,7 @@ answered.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import json
 import socket
@@ -324,6 +325,92 @@ def _fault_error(fault: Fault) -> KubeApiError:
     return KubeApiError(fault.status, reason, message, details=details, headers=headers)
 
 
+class _AnswerClock:
+    """Sends held answers at their deadlines, from one thread of its own.
+
+    Handler threads that each watched the clock for their own answer competed for the
+    GIL just when answers were due: four requests answered at the same deadline (the
+    Provisioner's guard objects) left up to a millisecond late, the last one most. A
+    handler now hands its answer over and sleeps; this thread alone sleeps until just
+    before the earliest deadline, watches the clock for the rest, and sends every
+    answer that is due, earliest first. An answer that is due already when handed
+    over is sent by its handler at once.
+    """
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
+        self._due: list[tuple[float, int, _HeldAnswer]] = []
+        self._seq = 0
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="fakekube-answers", daemon=True)
+        self._thread.start()
+
+    def send_at(self, deadline: float, send: Callable[[], None]) -> None:
+        """Runs ``send`` no earlier than ``deadline`` (at once when the server stops);
+        returns once it ran, raising what it raised."""
+        job = _HeldAnswer(send)
+        if time.monotonic() < deadline:
+            with self._changed:
+                if not self._stopping.is_set():  # checked where the clock checks it
+                    self._seq += 1
+                    heapq.heappush(self._due, (deadline, self._seq, job))
+                    self._changed.notify()
+                    job.held = True
+        if not job.held:
+            job.run()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+
+    def stop(self) -> None:
+        """Sends what is held at once (the server is stopping) and ends the thread."""
+        with self._changed:
+            self._changed.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due and not self._stopping.is_set():
+                    self._changed.wait()
+                if not self._due:
+                    return  # stopping, nothing held
+                remaining = self._due[0][0] - time.monotonic()
+                if remaining > _SPIN and not self._stopping.is_set():
+                    # Timed waits wake a few tenths of a millisecond late: wake up
+                    # before the deadline (or when an earlier one comes in), then
+                    # watch the clock for the rest.
+                    self._changed.wait(remaining - _SPIN)
+                    continue
+            while not self._stopping.is_set() and time.monotonic() < self._due[0][0]:
+                time.sleep(0)  # the GIL goes to the handlers meanwhile
+            now = time.monotonic()
+            while True:
+                with self._changed:
+                    if not self._due or (self._due[0][0] > now and not self._stopping.is_set()):
+                        break
+                    _, _, job = heapq.heappop(self._due)
+                job.run()
+
+
+class _HeldAnswer:
+    """An answer's sending, run once by whichever thread sends it."""
+
+    def __init__(self, send: Callable[[], None]) -> None:
+        self.send = send
+        self.held = False
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.send()
+        except BaseException as exc:  # re-raised in the handler's own thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     # Many concurrent clients (benchmarks) must not be refused by a short backlog.
@@ -332,6 +419,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], fake: FakeKubeServer) -> None:
         self.fake = fake
         self.stopping = threading.Event()
+        self.clock = _AnswerClock(self.stopping)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -355,7 +443,8 @@ class _HTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-# How close to its deadline a held answer stops sleeping and watches the clock.
+# How close to a held answer's deadline the answer clock stops sleeping and watches
+# the clock.
 _SPIN = 0.0006
 
 
@@ -424,54 +513,40 @@ class _Handler(BaseHTTPRequestHandler):
         # latency too, and what leaves after the hold is one write (status line,
         # headers and body in one segment, so the client wakes once).
         answer = self._encode(response)
-        self._hold_answer(started, latency, fault)
-        # Logged before the answer is written: once a client has its answer, the request
-        # is in the log (a test may read or clear the log right after the call).
-        fake.log.add(
-            RequestRecord(
-                seq=seq,
-                method=self.command,
-                path=url.path,
-                query=url.query,
-                content_type=content_type,
-                status=response.code,
-                resource=info.resource,
-                namespace=info.namespace,
-                name=info.name,
-                started=started,
-                finished=time.monotonic(),
-                verb=verb,
-                latency=latency,
-            )
-        )
-        # Taken before the write: the next request on this connection (sent once this
-        # answer is in) may arrive before this thread runs again.
-        self._answered = time.monotonic()
-        self._send(answer)
-
-    def _hold_answer(self, started: float, latency: float, fault: Fault | None) -> None:
-        """Hold the answer until ``latency`` seconds after ``started``, no lock held.
-
-        Latency is the time the API takes to answer, its own work included (as a real
-        API server's would be): the answer leaves no earlier than ``started + latency``
-        (unless the server is stopping). A request held at an injected rendezvous waits
-        for it here, in the same window, so a test proves that slow calls overlap
-        instead of queueing.
-        """
         if fault is not None:
-            fault.meet()
-        stopping = self.server.stopping
-        deadline = started + latency
-        # Timed waits here wake a few tenths of a millisecond late: wait until just
-        # before the deadline, then watch the clock for the rest (giving the GIL up
-        # to the other handlers meanwhile), so the answer leaves on time. Never early:
-        # a record's duration is at least its latency.
-        while (remaining := deadline - time.monotonic()) > _SPIN and not stopping.wait(
-            remaining - _SPIN
-        ):
-            pass
-        while time.monotonic() < deadline and not stopping.is_set():
-            time.sleep(0)
+            fault.meet()  # a request held at an injected rendezvous waits here
+
+        def send() -> None:
+            # Logged before the answer is written: once a client has its answer, the
+            # request is in the log (a test may read or clear the log right after).
+            fake.log.add(
+                RequestRecord(
+                    seq=seq,
+                    method=self.command,
+                    path=url.path,
+                    query=url.query,
+                    content_type=content_type,
+                    status=response.code,
+                    resource=info.resource,
+                    namespace=info.namespace,
+                    name=info.name,
+                    started=started,
+                    finished=time.monotonic(),
+                    verb=verb,
+                    latency=latency,
+                )
+            )
+            # Taken before the write: the next request on this connection (sent once
+            # this answer is in) may arrive before this thread runs again.
+            self._answered = time.monotonic()
+            self._send(answer)
+
+        # Latency is the time the API takes to answer, its own work included (as a
+        # real API server's would be): the answer leaves no earlier than
+        # ``started + latency``, with no lock held (unless the server is stopping). A
+        # request held at a rendezvous waited for it above, in the same window, so a
+        # test proves that slow calls overlap instead of queueing.
+        self.server.clock.send_at(started + latency, send)
 
     def _serve(self, call: _Call, route: Route) -> tuple[_Response, Fault | None]:
         fake = self.server.fake
@@ -602,6 +677,7 @@ class FakeKubeServer:
         if httpd is None:
             return
         httpd.stopping.set()
+        httpd.clock.stop()  # answers still held go out now
         self.faults.release()  # requests held at a rendezvous
         httpd.shutdown()
         httpd.close_connections()
