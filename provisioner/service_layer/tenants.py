@@ -38,11 +38,13 @@ from provisioner.domain.model import (
     BackendError,
     Condition,
     ConditionStatus,
+    ConditionType,
     Environment,
     Observation,
     Quota,
     QuotaChange,
     State,
+    StepResult,
     TenantSpec,
     conditions_after,
     error_summary,
@@ -258,9 +260,9 @@ class Tenants:
                         due_in=self.timing.grace,
                         actor=actor,
                     )
-                    await claim
+                    claimed = await claim
                 if env is not None:
-                    return await self._converge_locked(session, env)
+                    return await self._converge_locked(session, env, claim_checked=claimed)
             async with session.transaction() as conn:
                 replayed = await self._replay(conn, organization, request)
                 env = await pg.create(
@@ -297,15 +299,17 @@ class Tenants:
                             labels=labels,
                             due_in=self.timing.grace,
                         )
-                await claim
-            return await self._converge_locked(session, env)
+                claimed = await claim
+            return await self._converge_locked(session, env, claim_checked=claimed)
 
     @contextlib.asynccontextmanager
-    async def _claim_asked(self, spec: TenantSpec) -> AsyncIterator[asyncio.Future[None]]:
+    async def _claim_asked(self, spec: TenantSpec) -> AsyncIterator[asyncio.Future[bool]]:
         """Asks whether the namespace is ours, in the background: the caller awaits the
         answer before it commits (a namespace that is not ours records nothing), and
-        the API call costs no time of its own on the way to the apply. Stopped, or its
-        outcome taken, when the caller ends early (a replay, an error)."""
+        the API call costs no time of its own on the way to the apply. The answer is
+        whether ownership was confirmed (False: it could not be told now, and the
+        converge asks again). Stopped, or its outcome taken, when the caller ends early
+        (a replay, an error)."""
         claim = asyncio.ensure_future(self._check_claim(spec))
         await asyncio.sleep(0)  # the request goes out now, before the caller's first query
         try:
@@ -315,18 +319,19 @@ class Tenants:
             with contextlib.suppress(asyncio.CancelledError, FailedPrecondition):
                 await claim
 
-    async def _check_claim(self, spec: TenantSpec) -> None:
+    async def _check_claim(self, spec: TenantSpec) -> bool:
         try:
             await self.backend.check_claim(spec)
         except BackendError as exc:
             if exc.reason != "NamespaceNotOurs":
-                return  # cannot tell now: the desired state is recorded, converge reports
+                return False  # cannot tell now: the desired state is recorded, converge asks
             raise FailedPrecondition(
                 str(exc),
                 reason="NAMESPACE_NOT_OURS",
                 violations=[FieldViolation("organization", f"{spec.namespace} is not ours")],
                 metadata={"organization": spec.organization, "namespace": spec.namespace},
             ) from None
+        return True
 
     async def update_quota(
         self,
@@ -427,16 +432,34 @@ class Tenants:
                 return env
             return await self._converge_locked(session, env)
 
-    async def _converge_locked(self, session: pg.TenantSession, env: Environment) -> Environment:
+    async def _converge_locked(
+        self, session: pg.TenantSession, env: Environment, *, claim_checked: bool = False
+    ) -> Environment:
         """:meth:`converge` once the lock is held; ``env`` was read under it (or written
-        by this session's own transaction, which took it)."""
+        by this session's own transaction, which took it).
+
+        Args:
+            claim_checked: whether the caller made sure the namespace is ours to use
+                (ProvisionTenant does, before it records anything). Otherwise it is
+                checked here before anything is applied: a namespace that was deleted
+                and made again by someone else meanwhile is never taken over, the
+                environment fails with the reason instead; so does one whose owner
+                cannot be told now (the API failing), until a later attempt can.
+        """
         if not session.locked:  # another converge held it: ours now, and read afresh
             env = await self._load_locked(session)
         if env.state is State.DELETED:
             return env
         if env.state is State.DELETING:
             return await self._delete_step(session, env)
-        report = await self.backend.apply(env.spec())
+        spec = env.spec()
+        if not claim_checked:
+            try:
+                await self.backend.check_claim(spec)
+            except BackendError as exc:
+                report = ApplyReport([StepResult(ConditionType.NAMESPACE, exc)])
+                return await self._record_apply(session, env, report)
+        report = await self.backend.apply(spec)
         return await self._record_apply(session, env, report)
 
     async def _record_apply(

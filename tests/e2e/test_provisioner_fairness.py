@@ -152,6 +152,58 @@ async def test_a_namespace_that_is_not_ours_is_neither_taken_nor_deleted(
         assert kube.get_object("namespaces", f"org-{ours.org}") is not None
 
 
+async def test_a_namespace_made_again_by_someone_else_is_not_taken_over_by_a_reconcile(
+    server: RunningServer, kube: FakeKubeServer, keys: Keys
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        tenant = Caller.of(channel, keys, new_org())
+        await tenant.provision(["alice"])
+        namespace = f"org-{tenant.org}"
+        # Deleted by hand (its contents with it), then made again by someone else.
+        assert kube.delete_object("namespaces", namespace)
+        await asyncio.to_thread(
+            kube_call,
+            kube,
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        )
+        env = await tenant.reconcile()
+        assert state(env) == "FAILED"
+        assert "was not created by the Provisioner" in env.last_error
+        stranger = kube.get_object("namespaces", namespace)
+        assert stranger is not None
+        assert "agentready.io/organization" not in (stranger["metadata"].get("labels") or {})
+        assert kube.get_object("rolebindings", "agentready-owners", namespace) is None
+        assert kube.get_object("networkpolicies", "agentready-isolation", namespace) is None
+
+
+async def test_a_converge_that_cannot_tell_whose_namespace_it_is_writes_nothing(
+    server: RunningServer, kube: FakeKubeServer, keys: Keys
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        tenant = Caller.of(channel, keys, new_org())
+        await tenant.provision(["alice"])
+        namespace = f"org-{tenant.org}"
+        reads = kube.inject_error(500, method="GET", path=f"/namespaces/{namespace}$", times=None)
+        try:
+            env = await tenant.update_quota(quota=pb.Quota(cpu="3"))
+        finally:
+            kube.clear_faults()
+        assert reads.hits >= 1
+        assert state(env) == "FAILED"
+        assert env.last_error.startswith("Namespace")
+        quota = kube.get_object("resourcequotas", "agentready-quota", namespace)
+        assert quota is not None
+        assert quota["spec"]["hard"]["requests.cpu"] != "3"  # nothing was applied
+        # Once the API answers again, the next attempt applies the change.
+        env = await tenant.reconcile()
+        assert state(env) == "READY"
+        quota = kube.get_object("resourcequotas", "agentready-quota", namespace)
+        assert quota is not None
+        assert quota["spec"]["hard"]["requests.cpu"] == "3"
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
