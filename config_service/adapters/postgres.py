@@ -450,6 +450,7 @@ _HISTORY_COLUMNS = (
     "revision, seq, service, key, change_type, old_value, new_value, actor, reason, "
     "request_id, created_at"
 )
+_HISTORY_COLUMNS_OF_H = ", ".join(f"h.{c.strip()}" for c in _HISTORY_COLUMNS.split(","))
 
 
 async def changes_between(
@@ -477,15 +478,37 @@ async def list_history(
     end_revision: int,
     after: tuple[int, int],
     limit: int,
-) -> list[Change]:
-    """History oldest first, filtered, after the (revision, seq) position ``after``."""
+    max_bytes: int,
+) -> tuple[list[Change], int]:
+    """History oldest first, filtered, after the (revision, seq) position ``after``: at
+    most ``limit`` rows, fewer when their values pass ``max_bytes``, and one more when
+    more follow. The cut is made in the database, on each row's ``value_bytes``, so
+    only the values of the rows returned are read.
+
+    Returns:
+        The changes, and how many of them a page may hold (the rest, one at most, only
+        tells that more follow).
+    """
     rows = await conn.fetch(
-        f"SELECT {_HISTORY_COLUMNS} FROM config.history "  # noqa: S608 - constant columns
-        "WHERE organization = $1 "
-        "  AND ($2 = '' OR service = $2) AND ($3 = '' OR key = $3) "
-        "  AND revision >= $4 AND ($5 = 0 OR revision <= $5) "
-        "  AND (revision, seq) > ($6, $7) "
-        "ORDER BY revision, seq LIMIT $8",
+        "WITH page AS ("  # noqa: S608 - constant columns
+        "  SELECT revision, seq,"
+        "    coalesce(sum(value_bytes) OVER before, 0) AS before_bytes,"
+        "    coalesce(sum(value_bytes) OVER before_previous, 0) AS before_previous_bytes"
+        "  FROM config.history"
+        "  WHERE organization = $1"
+        "    AND ($2 = '' OR service = $2) AND ($3 = '' OR key = $3)"
+        "    AND revision >= $4 AND ($5 = 0 OR revision <= $5)"
+        "    AND (revision, seq) > ($6, $7)"
+        "  WINDOW before AS (ORDER BY revision, seq"
+        "                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),"
+        "         before_previous AS (ORDER BY revision, seq"
+        "                    ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING)"
+        "  ORDER BY revision, seq LIMIT $8 + 1) "
+        f"SELECT {_HISTORY_COLUMNS_OF_H}, p.before_bytes "
+        "FROM page p JOIN config.history h"
+        "  ON h.organization = $1 AND h.revision = p.revision AND h.seq = p.seq "
+        "WHERE p.before_previous_bytes <= $9 "
+        "ORDER BY p.revision, p.seq",
         organization,
         service,
         key,
@@ -494,8 +517,12 @@ async def list_history(
         after[0],
         after[1],
         limit,
+        max_bytes,
     )
-    return [_change(row) for row in rows]
+    # Rows that begin within the budget may be on the page; the first one past it (if
+    # read) only tells that more follow.
+    fitting = sum(1 for row in rows if row["before_bytes"] <= max_bytes)
+    return [_change(row) for row in rows], min(limit, fitting)
 
 
 async def first_changes_after(

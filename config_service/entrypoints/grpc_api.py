@@ -22,7 +22,7 @@ from config_service.service_layer.hub import Hub
 from config_service.service_layer.reads import ConfigReader
 from config_service.service_layer.writes import ConfigWriter
 from servicekit.errors import FieldViolation, InvalidArgument
-from servicekit.pagination import decode_token, next_page, page_size
+from servicekit.pagination import MAX_PAGE_BYTES, decode_token, next_page, page_size
 from servicekit.requests import (
     check_kubernetes_labels,
     check_organization,
@@ -237,18 +237,19 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             request.page_size,
         ]
         after = decode_token(request.page_token, request=binding) or [0, -1]
-        changes = await self._reader.history(
+        changes, fitting = await self._reader.history(
             request.organization,
             service=request.service,
             key=request.key,
             start_revision=request.start_revision,
             end_revision=request.end_revision,
             after=(int(after[0]), int(after[1])),
-            limit=limit + 1,
+            limit=limit,
+            max_bytes=MAX_PAGE_BYTES,
         )
         protos = [(c, convert.history_to_proto(request.organization, c)) for c in changes]
         page, token = next_page(
-            protos, limit, lambda p: [p[0].revision, p[0].seq], request=binding, size=_bytes
+            protos, fitting, lambda p: [p[0].revision, p[0].seq], request=binding, size=_bytes
         )
         return config_pb2.ListConfigHistoryResponse(
             history_entries=[p for _, p in page], next_page_token=token

@@ -62,8 +62,10 @@ class ConfigReader:
         end_revision: int,
         after: tuple[int, int],
         limit: int,
-    ) -> list[Change]:
-        """A page of history, oldest first."""
+        max_bytes: int,
+    ) -> tuple[list[Change], int]:
+        """A page of history, oldest first, cut by ``limit`` rows and ``max_bytes`` of
+        values (see :func:`pg.list_history`)."""
         async with self._store.transaction(organization) as conn:
             return await pg.list_history(
                 conn,
@@ -74,6 +76,7 @@ class ConfigReader:
                 end_revision=end_revision,
                 after=after,
                 limit=limit,
+                max_bytes=max_bytes,
             )
 
     async def schema(self, organization: str, service: str) -> StoredSchema:

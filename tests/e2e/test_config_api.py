@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
 import grpc
 import pytest
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 
+from config_service.adapters import postgres as pg
+from servicekit.pagination import MAX_PAGE_BYTES
 from servicekit.server import RunningServer
 from tests.conftest import Keys
 from tests.rpcerrors import detail, error_info, field_violations
@@ -1167,6 +1171,51 @@ async def test_history_pages_cover_every_entry_once(api: Api) -> None:
         Code.INVALID_ARGUMENT,
     )
     assert_invalid(err, "page_token")
+
+
+async def test_history_pages_of_large_values_are_cut_by_bytes_in_the_database(
+    api: Api, database_url: str
+) -> None:
+    big = "x" * (60 * 1024)
+    for i in range(40):  # 40 changes of about 120 KiB each (old and new value)
+        await api.set("ai", "big", sval(f"{i:02d}{big}"))
+    # Through the API: every page fits what a default client accepts, and the pages
+    # cover every change once, in order.
+    seen: list[config_pb2.ConfigHistoryEntry] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await api.history_page(page_size=1000, page_token=token)
+        assert page.ByteSize() <= 4 * 1024 * 1024
+        seen += page.history_entries
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert [e.revision for e in seen] == sorted({e.revision for e in seen})
+    assert len(seen) == 40
+    assert pages >= 3
+    # In the database: a page of 1000 asked for reads the rows that fit, and one more
+    # that tells more follow; never the values of a thousand rows.
+    conn = await asyncpg.connect(database_url)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        changes, fitting = await pg.list_history(
+            conn,
+            api.org,
+            service="",
+            key="",
+            start_revision=0,
+            end_revision=0,
+            after=(0, -1),
+            limit=1000,
+            max_bytes=MAX_PAGE_BYTES,
+        )
+    finally:
+        await conn.close()
+    assert 10 <= fitting < 40
+    assert len(changes) == fitting + 1
+    assert [c.revision for c in changes] == [e.revision for e in seen[: fitting + 1]]
 
 
 async def test_history_key_filter_requires_service(api: Api) -> None:
