@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Collection, Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 WATCH_STREAMS = Gauge("config_watch_streams", "Open WatchConfig streams on this replica.")
@@ -35,3 +38,28 @@ ORGANIZATION_BYTES = Gauge(
     "to it); the limit is CONFIG_MAX_ORGANIZATION_BYTES.",
     ["organization"],
 )
+
+# Organizations this replica has a usage series for (so deleted ones can be dropped).
+_usage_shown: set[str] = set()
+
+
+def show_usage(organization: str, keys: int, stored_bytes: int) -> None:
+    """Sets the organization's usage gauges (after a write)."""
+    ORGANIZATION_KEYS.labels(organization).set(keys)
+    ORGANIZATION_BYTES.labels(organization).set(stored_bytes)
+    _usage_shown.add(organization)
+
+
+def forget_usage(organizations: Iterable[str]) -> None:
+    """Drops the usage series of organizations whose configuration is gone."""
+    for organization in list(organizations):
+        for gauge in (ORGANIZATION_KEYS, ORGANIZATION_BYTES):
+            with contextlib.suppress(KeyError):
+                gauge.remove(organization)
+        _usage_shown.discard(organization)
+
+
+def keep_usage_of(known: Collection[str]) -> None:
+    """Drops the usage series of every organization not in ``known`` (the ones that
+    still have configuration): another replica purged them."""
+    forget_usage(o for o in _usage_shown if o not in known)

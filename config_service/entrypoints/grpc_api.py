@@ -11,6 +11,7 @@ from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from config_service import metrics
 from config_service.adapters.postgres import ConfigStore
 from config_service.domain.model import Mutation
 from config_service.domain.schema import MAX_ORGANIZATION_SCHEMA_BYTES
@@ -438,4 +439,5 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         authorize_operator(PURGE)
         raise_if_invalid(check_organization(request.organization))
         await self._store.purge(request.organization)
+        metrics.forget_usage([request.organization])  # other replicas at their next round
         return empty_pb2.Empty()

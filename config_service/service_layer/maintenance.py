@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from config_service import metrics
 from config_service.adapters import postgres as pg
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,13 @@ async def run_maintenance(
     client_grace: float = 30.0,
 ) -> None:
     """Runs :func:`compact_all` every ``interval`` seconds forever (``keep`` 0: history
-    is never compacted; the rest is still expired)."""
+    is never compacted; the rest is still expired), and drops this replica's usage
+    gauges of organizations purged meanwhile."""
     while True:
         await asyncio.sleep(interval)
         try:
+            # Every replica: usage series of organizations purged (by any replica).
+            metrics.keep_usage_of(frozenset(await store.known_organizations()))
             await compact_all(store, keep, request_ttl_hours, client_grace)
         except Exception:
             log.exception("history maintenance failed")

@@ -257,8 +257,7 @@ class ConfigWriter:
         if changes:
             usage, added = await pg.write_commit(conn, organization, new_revision, changes, now)
             self._check_limits(organization, usage, added)  # raising rolls the write back
-            metrics.ORGANIZATION_KEYS.labels(organization).set(usage.keys)
-            metrics.ORGANIZATION_BYTES.labels(organization).set(usage.bytes)
+            metrics.show_usage(organization, usage.keys, usage.bytes)
         changed = {(c.service, c.key): c for c in changes}
         entries: list[Entry] = []
         for m in ordered:

@@ -18,7 +18,9 @@ import pytest
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from agentready.watcher import AsyncConfigWatcher, ConfigEvent
 from google.rpc import error_details_pb2
+from prometheus_client import REGISTRY
 
+from config_service import metrics
 from config_service.app import SPEC as CONFIG
 from servicekit.devstack import REPO_ROOT
 from servicekit.server import RunningServer, start
@@ -393,3 +395,32 @@ async def test_a_stream_nobody_reads_does_not_hold_up_its_neighbours_on_a_connec
                 process.kill()
                 await process.wait()
     assert out.split(b"\n")[:-1] == [b"change %d" % r for r in range(1, rounds + 1)]
+
+
+async def test_purging_an_organization_drops_its_usage_gauges(stub: Any, keys: Keys) -> None:
+    org = new_slug("gauge")
+    gone = new_slug("gauge")
+    md = bearer(keys.token(org))
+    await stub.SetConfig(
+        config_pb2.SetConfigRequest(organization=org, service="ai", key="k", value=value(10)),
+        metadata=md,
+    )
+
+    def keys_shown(organization: str) -> float | None:
+        return REGISTRY.get_sample_value("config_organization_keys", {"organization": organization})
+
+    assert keys_shown(org) == 1
+    platform = bearer(keys.token(None, "operator", scopes=frozenset({"config:purge"})))
+    await stub.PurgeConfig(config_pb2.PurgeConfigRequest(organization=org), metadata=platform)
+    assert keys_shown(org) is None
+    assert REGISTRY.get_sample_value("config_organization_bytes", {"organization": org}) is None
+
+    # A series this replica shows for an organization another replica purged goes at
+    # the next maintenance round, which keeps those still configured.
+    metrics.show_usage(gone, 3, 30)
+    still = new_slug("gauge")
+    metrics.show_usage(still, 1, 10)
+    metrics.keep_usage_of({still})
+    assert keys_shown(gone) is None
+    assert keys_shown(still) == 1
+    metrics.forget_usage([still])
