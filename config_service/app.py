@@ -77,6 +77,15 @@ SETTINGS = {
         lo=1,
         hi=86400,
     ),
+    "CONFIG_MAX_ORGANIZATION_CLIENTS": ExtraSetting(
+        "10000",
+        "Watching clients one organization may have reporting (`ReportConfigStatus` from "
+        "a new one past it is refused with `RESOURCE_EXHAUSTED`, reason `CLIENT_LIMIT`; "
+        "clients quiet for `CONFIG_CLIENT_GRACE_SECONDS` are pruned).",
+        kind="int",
+        lo=1,
+        hi=10_000_000,
+    ),
     "CONFIG_COMPACT_INTERVAL_SECONDS": ExtraSetting(
         "300",
         "How often history is compacted.",
@@ -113,7 +122,11 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         keys=extra["CONFIG_MAX_ORGANIZATION_KEYS"], bytes=extra["CONFIG_MAX_ORGANIZATION_BYTES"]
     )
     writer = ConfigWriter(store, committed, limits)
-    clients = ConfigClients(store, grace_seconds=extra["CONFIG_CLIENT_GRACE_SECONDS"])
+    clients = ConfigClients(
+        store,
+        grace_seconds=extra["CONFIG_CLIENT_GRACE_SECONDS"],
+        max_clients=extra["CONFIG_MAX_ORGANIZATION_CLIENTS"],
+    )
     servicer = ConfigServiceServicer(store, writer, hub, clients)
     config_service_pb2_grpc.add_ConfigServiceServicer_to_server(servicer, server)
 

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from config_service.adapters import postgres as pg
-from servicekit.errors import InvalidArgument
+from servicekit.errors import InvalidArgument, ResourceExhausted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +65,12 @@ class Selector:
 class ConfigClients:
     """Reports in, listings out."""
 
-    def __init__(self, store: pg.ConfigStore, *, grace_seconds: float) -> None:
+    def __init__(
+        self, store: pg.ConfigStore, *, grace_seconds: float, max_clients: int = 10_000
+    ) -> None:
         self._store = store
         self.grace_seconds = grace_seconds
+        self.max_clients = max_clients
 
     async def report(
         self,
@@ -79,16 +82,29 @@ class ConfigClients:
         rejected_revision: int,
         rejection_reason: str,
     ) -> None:
-        """Records a client's report (its heartbeat too)."""
+        """Records a client's report (its heartbeat too).
+
+        Raises:
+            ResourceExhausted: a client not known yet, while the organization has
+                ``max_clients`` already (reason CLIENT_LIMIT); the ones that went away
+                are pruned after the grace period.
+        """
         # A report lost in a crash is repaired by the next one: no need to wait for
-        # the disk.
+        # the disk. A new client is counted against the limit (clients known already
+        # never are: CASE keeps the count from running for them); concurrent first
+        # reports may pass it by as many as are in flight.
         async with self._store.transaction(organization, durable=False) as conn:
-            await conn.execute(
+            status = await conn.execute(
                 "INSERT INTO config.clients AS c (organization, client_id, labels, "
                 "  applied_revision, rejected_revision, rejection_reason, rejected_at, "
                 "  last_seen) "
-                "VALUES ($1, $2, $3::jsonb, $4::bigint, $5::bigint, $6, "
-                "  CASE WHEN $5::bigint > 0 THEN now() END, now()) "
+                "SELECT $1, $2, $3::jsonb, $4::bigint, $5::bigint, $6, "
+                "  CASE WHEN $5::bigint > 0 THEN now() END, now() "
+                "WHERE CASE WHEN EXISTS (SELECT 1 FROM config.clients "
+                "                        WHERE organization = $1 AND client_id = $2) "
+                "  THEN true "
+                "  ELSE (SELECT count(*) FROM config.clients WHERE organization = $1) < $7 "
+                "END "
                 "ON CONFLICT (organization, client_id) DO UPDATE SET "
                 "  labels = EXCLUDED.labels, applied_revision = EXCLUDED.applied_revision, "
                 "  rejected_revision = EXCLUDED.rejected_revision, "
@@ -104,6 +120,16 @@ class ConfigClients:
                 applied_revision,
                 rejected_revision,
                 rejection_reason,
+                self.max_clients,
+            )
+        if status == "INSERT 0 0":
+            raise ResourceExhausted(
+                f"organization {organization!r} has {self.max_clients} watching clients "
+                "already; a new one is counted once others have gone quiet for "
+                f"{self.grace_seconds:g} s",
+                reason="CLIENT_LIMIT",
+                retry_after_seconds=self.grace_seconds,
+                metadata={"organization": organization, "limit_clients": str(self.max_clients)},
             )
 
     async def list(

@@ -424,3 +424,48 @@ async def test_purging_an_organization_drops_its_usage_gauges(stub: Any, keys: K
     assert keys_shown(gone) is None
     assert keys_shown(still) == 1
     metrics.forget_usage([still])
+
+
+@pytest.fixture(scope="module")
+async def few_clients(server_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    """A ConfigService whose organizations may have three reporting clients."""
+    env = {**server_env, "METRICS_PORT": "off", "CONFIG_MAX_ORGANIZATION_CLIENTS": "3"}
+    server = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_reporting_clients_are_capped_per_organization(
+    few_clients: RunningServer, keys: Keys
+) -> None:
+    org = new_slug("fleet")
+    md = bearer(keys.token(org, "viewer"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{few_clients.port}") as channel:
+        stub: Any = config_service_pb2_grpc.ConfigServiceStub(channel)
+
+        async def report(organization: str, client_id: str, revision: int = 1) -> None:
+            await stub.ReportConfigStatus(
+                config_pb2.ReportConfigStatusRequest(
+                    organization=organization, client_id=client_id, applied_revision=revision
+                ),
+                metadata=bearer(keys.token(organization, "viewer")),
+            )
+
+        for i in range(3):
+            await report(org, f"pod-{i}")
+        err = await rpc_error(report(org, "pod-3"), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        info = error_info(err)
+        assert info.reason == "CLIENT_LIMIT"
+        assert info.metadata["limit_clients"] == "3"
+        await report(org, "pod-0", 2)  # the clients known keep reporting
+        listed = await stub.ListConfigClients(
+            config_pb2.ListConfigClientsRequest(organization=org), metadata=md
+        )
+        assert {c.client_id: c.applied_revision for c in listed.clients} == {
+            "pod-0": 2,
+            "pod-1": 1,
+            "pod-2": 1,
+        }
+        await report(new_slug("fleet"), "pod-3")  # another organization has room of its own

@@ -319,8 +319,10 @@ class ConfigServiceServicer:
         CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
         stream: any replica can take it (the reports are kept in PostgreSQL, so every
         replica lists every client), a client in any language needs no stream of its own
-        beside its WatchConfig, and a lost report is repaired by the next. Needs
-        "config:read" on the organization.
+        beside its WatchConfig, and a lost report is repaired by the next. A new client
+        past CONFIG_MAX_ORGANIZATION_CLIENTS is refused with RESOURCE_EXHAUSTED (reason
+        CLIENT_LIMIT); the clients known keep reporting. Needs "config:read" on the
+        organization.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

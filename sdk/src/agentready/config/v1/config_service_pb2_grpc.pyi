@@ -150,8 +150,10 @@ class ConfigServiceStub:
     CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
     stream: any replica can take it (the reports are kept in PostgreSQL, so every
     replica lists every client), a client in any language needs no stream of its own
-    beside its WatchConfig, and a lost report is repaired by the next. Needs
-    "config:read" on the organization.
+    beside its WatchConfig, and a lost report is repaired by the next. A new client
+    past CONFIG_MAX_ORGANIZATION_CLIENTS is refused with RESOURCE_EXHAUSTED (reason
+    CLIENT_LIMIT); the clients known keep reporting. Needs "config:read" on the
+    organization.
     """
     ListConfigClients: _grpc.UnaryUnaryMultiCallable[_config_pb2.ListConfigClientsRequest, _config_pb2.ListConfigClientsResponse]
     """Lists the organization's watching clients that reported within the grace
@@ -288,8 +290,10 @@ class ConfigServiceAsyncStub(ConfigServiceStub):
     CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
     stream: any replica can take it (the reports are kept in PostgreSQL, so every
     replica lists every client), a client in any language needs no stream of its own
-    beside its WatchConfig, and a lost report is repaired by the next. Needs
-    "config:read" on the organization.
+    beside its WatchConfig, and a lost report is repaired by the next. A new client
+    past CONFIG_MAX_ORGANIZATION_CLIENTS is refused with RESOURCE_EXHAUSTED (reason
+    CLIENT_LIMIT); the clients known keep reporting. Needs "config:read" on the
+    organization.
     """
     ListConfigClients: _aio.UnaryUnaryMultiCallable[_config_pb2.ListConfigClientsRequest, _config_pb2.ListConfigClientsResponse]  # type: ignore[assignment]
     """Lists the organization's watching clients that reported within the grace
@@ -507,8 +511,10 @@ class ConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         CONFIG_CLIENT_GRACE_SECONDS drops out of ListConfigClients. A unary call, not a
         stream: any replica can take it (the reports are kept in PostgreSQL, so every
         replica lists every client), a client in any language needs no stream of its own
-        beside its WatchConfig, and a lost report is repaired by the next. Needs
-        "config:read" on the organization.
+        beside its WatchConfig, and a lost report is repaired by the next. A new client
+        past CONFIG_MAX_ORGANIZATION_CLIENTS is refused with RESOURCE_EXHAUSTED (reason
+        CLIENT_LIMIT); the clients known keep reporting. Needs "config:read" on the
+        organization.
         """
 
     @_abc_1.abstractmethod
