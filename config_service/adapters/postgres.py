@@ -48,6 +48,13 @@ class ConfigStore:
             yield conn
 
     @contextlib.asynccontextmanager
+    async def single(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection with no transaction open, for one statement that is its own
+        transaction and sets row-level security up itself (:func:`read_entry`)."""
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def write(self, organization: str) -> AsyncIterator[asyncpg.Connection]:
         """A transaction for a write; call :func:`begin_write` first thing in it (it
         switches to the tenant role and organization and takes the write lock)."""
@@ -191,18 +198,26 @@ async def load_entries(
     return {(row["service"], row["key"]): _entry(row) for row in rows}
 
 
-async def get_entry(
+async def read_entry(
     conn: asyncpg.Connection, organization: str, service: str, key: str
-) -> Entry | None:
-    """One entry, if set."""
+) -> Entry | ServiceSchema | None:
+    """One key in one statement (``config.read_entry``, on a connection with no
+    transaction open): its entry when set, else its service's schema, else None."""
     row = await conn.fetchrow(
-        "SELECT service, key, value, revision, updated_at, updated_by FROM config.entries "
-        "WHERE organization = $1 AND service = $2 AND key = $3",
-        organization,
-        service,
-        key,
+        "SELECT * FROM config.read_entry($1, $2, $3)", organization, service, key
     )
-    return _entry(row) if row else None
+    if row is None:
+        return None
+    if row["is_set"]:
+        return Entry(
+            service=service,
+            key=key,
+            value=ConfigValue.from_json(row["value"]),
+            revision=int(row["revision"]),
+            updated_at=row["updated_at"],
+            updated_by=row["updated_by"],
+        )
+    return ServiceSchema.from_json(row["schema"])
 
 
 async def list_entries(

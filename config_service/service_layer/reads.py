@@ -20,12 +20,11 @@ class ConfigReader:
         Raises:
             NotFound: the key is not set and has no default.
         """
-        async with self._store.transaction(organization) as conn:
-            entry = await pg.get_entry(conn, organization, service, key)
-            if entry is not None:
-                return entry
-            stored = await pg.load_schema(conn, organization, service)
-        key_schema = stored.schema.key(key) if stored else None
+        async with self._store.single() as conn:
+            found = await pg.read_entry(conn, organization, service, key)
+        if isinstance(found, Entry):
+            return found
+        key_schema = found.key(key) if found is not None else None
         if key_schema is None or key_schema.default is None:
             raise NotFound("config", f"{organization}/{service}/{key}")
         return Entry(service, key, key_schema.default, 0, None, "", is_default=True)
