@@ -125,6 +125,19 @@ async def begin_write(
     return WriteState(int(row["revision"]), int(row["compact_revision"]), entries, schemas)
 
 
+async def lock_organization(conn: asyncpg.Connection, organization: str) -> None:
+    """Locks the organization's revision row until commit (creating it on first use),
+    as :func:`begin_write` does for every value write."""
+    await conn.execute(
+        "INSERT INTO config.organizations (organization) VALUES ($1) "
+        "ON CONFLICT (organization) DO NOTHING",
+        organization,
+    )
+    await conn.execute(
+        "SELECT 1 FROM config.organizations WHERE organization = $1 FOR UPDATE", organization
+    )
+
+
 async def read_revision(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
     """(current revision, compacted-through revision), without locking; (0, 0) if new."""
     row = await conn.fetchrow(

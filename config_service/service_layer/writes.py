@@ -334,6 +334,10 @@ class ConfigWriter:
                 violations=problems,
             )
         async with self._store.transaction(organization) as conn:
+            # Serialized with the value writes (they lock this row first too): the
+            # values are judged with every write before this one committed, and every
+            # write after it is checked against the new schema.
+            await pg.lock_organization(conn, organization)
             stored = await pg.load_schema(conn, organization, service, lock=True)
             if request is not None:
                 # A retry returns the first attempt's schema (AIP-155), even though its

@@ -24,9 +24,11 @@ from google.protobuf import empty_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 
 from config_service.adapters import postgres as pg
+from config_service.domain.values import ConfigValue, ValueType
 from servicekit.pagination import MAX_PAGE_BYTES
 from servicekit.server import RunningServer
 from tests.conftest import Keys
+from tests.e2e.provisioner_support import eventually
 from tests.rpcerrors import detail, error_info, field_violations
 
 if TYPE_CHECKING:
@@ -1410,6 +1412,59 @@ async def test_schema_lifecycle(api: Api) -> None:
     await api.delete_schema("ai", etag=replaced.etag)
     await rpc_error(api.get_schema("ai"), Code.NOT_FOUND)
     assert list((await api.list_schemas()).schemas) == []
+
+
+async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
+    api: Api, database_url: str
+) -> None:
+    await api.set("ai", "model", sval("small"))
+    writer = await asyncpg.connect(database_url)
+    watcher = await asyncpg.connect(database_url)
+    try:
+        # A write in flight, as ConfigService makes one: the organization's row locked
+        # (config.begin_write), a value written, not committed yet.
+        in_flight = writer.transaction()
+        await in_flight.start()
+        await writer.fetchrow(
+            "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
+            api.org,
+            ["ai"],
+            ["size"],
+            [],
+        )
+        await writer.execute(
+            "INSERT INTO config.entries "
+            "(organization, service, key, value, revision, updated_at, updated_by) "
+            "VALUES ($1, 'ai', 'size', $2::jsonb, 2, now(), 'test')",
+            api.org,
+            json.dumps(ConfigValue(ValueType.STRING, "huge").to_json()),
+        )
+        await writer.execute(
+            "UPDATE config.organizations SET revision = 2 WHERE organization = $1", api.org
+        )
+        setting = asyncio.ensure_future(
+            api.set_schema("ai", key_schema("size", STRING, allowed_values=["small"]))
+        )
+
+        async def waiting() -> int:
+            count: int = await watcher.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND a.datname = current_database() "
+                "  AND a.query LIKE '%config.organizations%'"
+            )
+            return count
+
+        # The schema write waits for the value write: it cannot judge the values
+        # without it.
+        await eventually(waiting, lambda n: n >= 1)
+        assert not setting.done()
+        await in_flight.commit()
+        err = await rpc_error(setting, Code.FAILED_PRECONDITION)
+        assert error_info(err).reason == "SCHEMA_VIOLATION"
+    finally:
+        await writer.close()
+        await watcher.close()
+    assert (await api.get("ai", "size")).value.string_value == "huge"
 
 
 async def test_setting_an_identical_schema_keeps_its_etag(api: Api) -> None:
