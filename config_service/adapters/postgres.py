@@ -72,8 +72,10 @@ class ConfigStore:
         return {row["organization"]: row["revision"] for row in rows}
 
     async def purge(self, organization: str) -> None:
-        """Deletes everything stored for ``organization`` (it is being deleted)."""
+        """Deletes everything stored for ``organization`` (it is being deleted), after
+        the writes in flight: they hold its revision row, which is locked first."""
         async with self.transaction(organization) as conn:
+            await lock_organization(conn, organization)
             for table in (
                 "history",
                 "entries",

@@ -1414,12 +1414,25 @@ async def test_schema_lifecycle(api: Api) -> None:
     assert list((await api.list_schemas()).schemas) == []
 
 
+async def lock_waiters(database_url: str) -> int:
+    """Backends of this database waiting for a lock on config.organizations."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.datname = current_database() "
+            "  AND a.query LIKE '%config.organizations%'"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
 async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
     api: Api, database_url: str
 ) -> None:
     await api.set("ai", "model", sval("small"))
     writer = await asyncpg.connect(database_url)
-    watcher = await asyncpg.connect(database_url)
     try:
         # A write in flight, as ConfigService makes one: the organization's row locked
         # (config.begin_write), a value written, not committed yet.
@@ -1446,25 +1459,67 @@ async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
             api.set_schema("ai", key_schema("size", STRING, allowed_values=["small"]))
         )
 
-        async def waiting() -> int:
-            count: int = await watcher.fetchval(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database() "
-                "  AND a.query LIKE '%config.organizations%'"
-            )
-            return count
-
         # The schema write waits for the value write: it cannot judge the values
         # without it.
-        await eventually(waiting, lambda n: n >= 1)
+        await eventually(lambda: lock_waiters(database_url), lambda n: n >= 1)
         assert not setting.done()
         await in_flight.commit()
         err = await rpc_error(setting, Code.FAILED_PRECONDITION)
         assert error_info(err).reason == "SCHEMA_VIOLATION"
     finally:
         await writer.close()
-        await watcher.close()
     assert (await api.get("ai", "size")).value.string_value == "huge"
+
+
+async def test_a_purge_while_a_write_is_in_flight_removes_that_write_too(
+    api: Api, keys: Keys, database_url: str
+) -> None:
+    await api.set("ai", "model", sval("small"))
+    writer = await asyncpg.connect(database_url)
+    try:
+        in_flight = writer.transaction()
+        await in_flight.start()
+        await writer.fetchrow(
+            "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
+            api.org,
+            ["ai"],
+            ["late"],
+            [],
+        )
+        await writer.execute(
+            "INSERT INTO config.entries "
+            "(organization, service, key, value, revision, updated_at, updated_by) "
+            "VALUES ($1, 'ai', 'late', $2::jsonb, 2, now(), 'test')",
+            api.org,
+            json.dumps(ConfigValue(ValueType.STRING, "late").to_json()),
+        )
+        platform = (
+            (
+                "authorization",
+                f"Bearer {keys.token(None, 'operator', scopes=frozenset({'config:purge'}))}",
+            ),
+        )
+        purging = asyncio.ensure_future(
+            api.stub.PurgeConfig(
+                config_pb2.PurgeConfigRequest(organization=api.org),
+                metadata=platform,
+                timeout=TIMEOUT,
+            )
+        )
+
+        await eventually(lambda: lock_waiters(database_url), lambda n: n >= 1)
+        await in_flight.commit()
+        await purging
+    finally:
+        await writer.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM config.entries WHERE organization = $1", api.org
+        )
+    finally:
+        await conn.close()
+    assert left == 0
 
 
 async def test_setting_an_identical_schema_keeps_its_etag(api: Api) -> None:
