@@ -104,6 +104,9 @@ class WriteState:
     compacted: int
     entries: dict[tuple[str, str], Entry]
     schemas: dict[str, ServiceSchema]
+    # What an earlier attempt with the write's request id recorded: (method,
+    # fingerprint, result), or None.
+    request: tuple[str, str, dict[str, Any]] | None = None
 
 
 async def begin_write(
@@ -111,20 +114,31 @@ async def begin_write(
     organization: str,
     keys: Sequence[tuple[str, str]],
     schema_services: Iterable[str],
+    *,
+    request_id: str = "",
 ) -> WriteState:
-    """Enters the organization, locks its revision and reads what the write needs,
-    in one round trip (``config.begin_write``)."""
+    """Enters the organization, locks its revision and reads what the write needs (and
+    what an earlier attempt with ``request_id`` recorded), in one round trip
+    (``config.begin_write``)."""
     row = await conn.fetchrow(
-        "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
+        "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[], $5)",
         organization,
         [service for service, _ in keys],
         [key for _, key in keys],
         sorted(set(schema_services)),
+        request_id,
     )
     assert row is not None
     entries = {(e["service"], e["key"]): Entry.from_json(e) for e in row["entries"]}
     schemas = {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()}
-    return WriteState(int(row["revision"]), int(row["compact_revision"]), entries, schemas)
+    found = row["request"]
+    return WriteState(
+        int(row["revision"]),
+        int(row["compact_revision"]),
+        entries,
+        schemas,
+        (found["method"], found["fingerprint"], found["response"]) if found else None,
+    )
 
 
 async def lock_organization(conn: asyncpg.Connection, organization: str) -> None:
@@ -281,15 +295,27 @@ class Usage:
     bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestRecord:
+    """A request id's record (AIP-155), written with the write that answers it."""
+
+    request_id: str
+    method: str
+    fingerprint: str
+    result: dict[str, Any]
+
+
 async def write_commit(
     conn: asyncpg.Connection,
     organization: str,
     revision: int,
     changes: Sequence[Change],
     now: dt.datetime,
+    request: RequestRecord | None = None,
 ) -> tuple[Usage, Usage]:
-    """Writes one revision in one statement: the revision bump, the values, history
-    and the organization's usage. Returns (usage after the write, what it added).
+    """Writes one revision in one statement: the revision bump, the values, history,
+    the organization's usage and the request id's record, if any. Returns (usage after
+    the write, what it added).
 
     The changes travel as one JSON array (cheaper to encode than a dozen arrays).
     """
@@ -350,6 +376,10 @@ async def write_commit(
             SELECT $1, $2, c.seq, c.service, c.key, c.change_type, c.old_value, c.new_value,
                    c.actor, c.reason, c.request_id, $3
             FROM c
+        ), recorded AS (
+            INSERT INTO config.requests
+                (organization, request_id, method, fingerprint, response)
+            SELECT $1, $5, $6, $7, $8::jsonb WHERE $5 <> ''
         )
         SELECT * FROM bump
         """,
@@ -357,6 +387,10 @@ async def write_commit(
         revision,
         now,
         rows,
+        request.request_id if request else "",
+        request.method if request else "",
+        request.fingerprint if request else "",
+        request.result if request else None,
     )
     assert row is not None
     return (

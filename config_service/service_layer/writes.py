@@ -77,8 +77,10 @@ class ConfigWriter:
         keys = [(m.service, m.key) for m in mutations]
         services = {m.service for m in mutations if m.value is not None}
         async with self._store.write(organization) as conn:
-            state = await pg.begin_write(conn, organization, keys, services)
-            replay = await self._replay(conn, organization, request)
+            state = await pg.begin_write(
+                conn, organization, keys, services, request_id=request.request_id if request else ""
+            )
+            replay = _replay(state, request)
             if replay is not None:
                 return replay
             commit = await self._commit_locked(
@@ -105,9 +107,11 @@ class ConfigWriter:
             FailedPrecondition: the history since ``target`` has been compacted.
         """
         async with self._store.write(organization) as conn:
-            locked = await pg.begin_write(conn, organization, [], [])
+            locked = await pg.begin_write(
+                conn, organization, [], [], request_id=request.request_id if request else ""
+            )
             revision, compacted = locked.revision, locked.compacted
-            replay = await self._replay(conn, organization, request)
+            replay = _replay(locked, request)
             if replay is not None:
                 return replay
             if target > revision:
@@ -147,19 +151,6 @@ class ConfigWriter:
             )
         return self._announce(organization, commit)
 
-    async def _replay(
-        self, conn: asyncpg.Connection, organization: str, request: RequestKey | None
-    ) -> Commit | None:
-        """The stored result of an earlier attempt of the same request, if any."""
-        if request is None:
-            return None
-        found = await pg.find_request(conn, organization, request.request_id)
-        if found is None:
-            return None
-        method, fingerprint, result = found
-        request.confirm_retry(method, fingerprint)
-        return Commit.from_json(result)
-
     def _announce(self, organization: str, commit: Commit) -> Commit:
         """Tells the fan-out about a committed revision (after the transaction)."""
         if commit.changes:
@@ -177,26 +168,11 @@ class ConfigWriter:
         reason: str,
         request: RequestKey | None,
     ) -> Commit:
-        """Applies the mutations under the lock and records the request's result."""
-        commit = await self._apply_locked(
-            conn,
-            organization,
-            state,
-            mutations,
-            actor=actor,
-            reason=reason,
-            request_id=request.request_id if request else "",
+        """Applies the mutations under the lock and records the request's result (in
+        the write's own statement when there is one)."""
+        return await self._apply_locked(
+            conn, organization, state, mutations, actor=actor, reason=reason, request=request
         )
-        if request is not None:
-            await pg.save_request(
-                conn,
-                organization,
-                request.request_id,
-                request.method,
-                request.fingerprint,
-                commit.to_json(),
-            )
-        return commit
 
     async def _apply_locked(
         self,
@@ -207,8 +183,9 @@ class ConfigWriter:
         *,
         actor: str,
         reason: str,
-        request_id: str,
+        request: RequestKey | None,
     ) -> Commit:
+        request_id = request.request_id if request else ""
         ordered = sorted(mutations, key=lambda m: (m.service, m.key))
         current, schemas, revision = state.entries, state.schemas, state.revision
         violations: list[FieldViolation] = []
@@ -254,10 +231,6 @@ class ConfigWriter:
                     created_at=now,
                 )
             )
-        if changes:
-            usage, added = await pg.write_commit(conn, organization, new_revision, changes, now)
-            self._check_limits(organization, usage, added)  # raising rolls the write back
-            metrics.show_usage(organization, usage.keys, usage.bytes)
         changed = {(c.service, c.key): c for c in changes}
         entries: list[Entry] = []
         for m in ordered:
@@ -265,11 +238,34 @@ class ConfigWriter:
             after = change.entry() if change else current.get((m.service, m.key))
             if after is not None:
                 entries.append(after)
-        return Commit(
+        commit = Commit(
             revision=new_revision if changes else revision,
             changes=tuple(changes),
             entries=tuple(entries),
         )
+        record = (
+            pg.RequestRecord(
+                request.request_id, request.method, request.fingerprint, commit.to_json()
+            )
+            if request is not None
+            else None
+        )
+        if changes:
+            usage, added = await pg.write_commit(
+                conn, organization, new_revision, changes, now, record
+            )
+            self._check_limits(organization, usage, added)  # raising rolls the write back
+            metrics.show_usage(organization, usage.keys, usage.bytes)
+        elif record is not None:  # nothing changed: the answer is recorded all the same
+            await pg.save_request(
+                conn,
+                organization,
+                record.request_id,
+                record.method,
+                record.fingerprint,
+                record.result,
+            )
+        return commit
 
     def _check_limits(self, organization: str, usage: pg.Usage, added: pg.Usage) -> None:
         """Refuses a write that grows the organization past a limit (a write that
@@ -420,3 +416,13 @@ def _check_concurrency(organization: str, m: Mutation, entry: Entry | None) -> N
             reason="ETAG_MISMATCH",
             metadata={**where, "etag": etag(entry.revision) if entry else ""},
         )
+
+
+def _replay(state: pg.WriteState, request: RequestKey | None) -> Commit | None:
+    """The stored result of an earlier attempt of the same request, if any (read by
+    :func:`pg.begin_write` under the lock)."""
+    if request is None or state.request is None:
+        return None
+    method, fingerprint, result = state.request
+    request.confirm_retry(method, fingerprint)
+    return Commit.from_json(result)

@@ -448,6 +448,17 @@ async def test_request_id_retry_returns_the_first_result_and_writes_once(api: Ap
     assert await api.revision() == 2
 
 
+async def test_concurrent_attempts_of_one_request_id_write_once(api: Api) -> None:
+    request_id = str(uuid.uuid4())
+    answers = await asyncio.gather(
+        *(api.set("ai", "threshold", ival(7), request_id=request_id) for _ in range(8))
+    )
+    assert all(answer == answers[0] for answer in answers)
+    assert await api.revision() == 1
+    (entry,) = await api.history()
+    assert entry.request_id == request_id
+
+
 async def test_request_id_reused_with_a_different_body_is_invalid(api: Api) -> None:
     request_id = str(uuid.uuid4())
     await api.set("ai", "threshold", ival(1), request_id=request_id)
