@@ -333,8 +333,9 @@ class _AnswerClock:
     Provisioner's guard objects) left up to a millisecond late, the last one most. A
     handler now hands its answer over and sleeps; this thread alone sleeps until just
     before the earliest deadline, watches the clock for the rest, and sends every
-    answer that is due, earliest first. An answer that is due already when handed
-    over is sent by its handler at once.
+    answer that is due, earliest first, writing what each socket takes at once (a
+    client that does not read holds up no one else: its handler writes the rest). An
+    answer that is due already when handed over is sent by its handler at once.
     """
 
     def __init__(self, stopping: threading.Event) -> None:
@@ -516,6 +517,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             fault.meet()  # a request held at an injected rendezvous waits here
 
+        rest = [b""]  # what the socket did not take at once, for this thread to write
+
         def send() -> None:
             # Logged before the answer is written: once a client has its answer, the
             # request is in the log (a test may read or clear the log right after).
@@ -539,7 +542,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Taken before the write: the next request on this connection (sent once
             # this answer is in) may arrive before this thread runs again.
             self._answered = time.monotonic()
-            self._send(answer)
+            rest[0] = self._send_now(answer)
 
         # Latency is the time the API takes to answer, its own work included (as a
         # real API server's would be): the answer leaves no earlier than
@@ -547,6 +550,8 @@ class _Handler(BaseHTTPRequestHandler):
         # request held at a rendezvous waited for it above, in the same window, so a
         # test proves that slow calls overlap instead of queueing.
         self.server.clock.send_at(started + latency, send)
+        if rest[0]:
+            self._send(rest[0])
 
     def _serve(self, call: _Call, route: Route) -> tuple[_Response, Fault | None]:
         fake = self.server.fake
@@ -585,6 +590,18 @@ class _Handler(BaseHTTPRequestHandler):
             *(f"{name}: {value}" for name, value in response.headers.items()),
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+    def _send_now(self, answer: bytes) -> bytes:
+        """Writes what the socket takes without waiting (the answer clock must never
+        wait for one slow client); returns the rest."""
+        try:
+            sent = self.connection.send(answer, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close_connection = True  # the client gave up and closed the connection
+            return b""
+        return answer[sent:]
 
     def _send(self, answer: bytes) -> None:
         try:
