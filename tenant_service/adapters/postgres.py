@@ -401,6 +401,14 @@ async def load_organization(
     return _org(row) if row else None
 
 
+async def read_organization(conn: asyncpg.Connection, slug: str) -> Organization | None:
+    """One organization in one statement (``tenant.read_organization`` in the
+    migrations), on a connection with no transaction open: its own transaction, with
+    row-level security set up inside."""
+    row = await conn.fetchrow("SELECT * FROM tenant.read_organization($1)", slug)
+    return _org(row) if row else None
+
+
 async def update_organization(
     conn: asyncpg.Connection, slug: str, *, display_name: str, labels: Mapping[str, str]
 ) -> Organization:

@@ -110,8 +110,8 @@ class Organizations:
         Raises:
             NotFound: never existed (callers see PERMISSION_DENIED before this).
         """
-        async with self._store.org(slug, readonly=True) as conn:
-            org = await pg.load_organization(conn, slug)
+        async with self._store.single() as conn:  # one statement, one round trip
+            org = await pg.read_organization(conn, slug)
         if org is None:
             raise NotFound(RESOURCE, slug, metadata={"organization": slug})
         return org
