@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -284,6 +285,33 @@ def _method_metrics(service: str, method: str, kind: str) -> _MethodMetrics:
     )
 
 
+class _Malformed:
+    """A request body that did not parse, kept so the handler can say why."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def tolerant(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return tolerant
+
+
+def _raise_if_malformed(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise errors.InvalidArgument(
+            f"the request is not a valid message: {request.reason}",
+            reason="MALFORMED_REQUEST",
+        )
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of a server in the shared call path."""
 
@@ -333,6 +361,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         else:
             kind, field = "unary", "unary_unary"
         behaviour = getattr(handler, field)
+        replaced: dict[str, Any] = {}
+        decode = handler.request_deserializer
+        if decode is not None and not handler.request_streaming:
+            # A request that does not parse (bad UTF-8 in a string, truncated bytes)
+            # reaches the handler as _Malformed and is answered INVALID_ARGUMENT once
+            # the caller is authenticated; gRPC itself would answer UNKNOWN.
+            replaced["request_deserializer"] = _tolerant(decode)
 
         if handler.response_streaming:
 
@@ -368,6 +403,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 context.add_done_callback(cast(Any, terminated))
                 try:
                     await self._enter(call, context)
+                    _raise_if_malformed(request)
                     principal = principal_var.get()
                     if principal is not None and self._streams is not None:
                         guard = self._streams.open(principal)
@@ -396,6 +432,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 call = _Call(method, kind, needs_auth)
                 try:
                     await self._enter(call, context)
+                    _raise_if_malformed(request)
                     result = behaviour(request, context)
                     if inspect.isawaitable(result):
                         result = await result
@@ -406,9 +443,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     self._leave(call)
 
             wrapped = unary
-        # Handlers are namedtuples: swap in the wrapped behaviour, keep the codecs.
-        replaced: Handler = cast(Any, handler)._replace(**{field: wrapped})
-        return replaced
+        # Handlers are namedtuples: swap in the wrapped behaviour (and the tolerant
+        # request decoder), keep the rest.
+        wrapped_handler: Handler = cast(Any, handler)._replace(**{field: wrapped, **replaced})
+        return wrapped_handler
 
     async def _enter(self, call: _Call, context: Context) -> None:
         metadata = dict(context.invocation_metadata() or ())
