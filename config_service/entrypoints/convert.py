@@ -194,6 +194,11 @@ def history_to_proto(organization: str, change: Change) -> config_pb2.ConfigHist
     )
 
 
+def known_value_type(number: int) -> bool:
+    """Whether ``number`` is a ValueType this server knows (UNSPECIFIED is not one)."""
+    return number in _TYPES_BACK
+
+
 def schema_from_proto(message: config_pb2.ConfigSchema) -> ServiceSchema:
     """The domain schema of a ``ConfigSchema`` (checked later by the domain)."""
     return ServiceSchema(

@@ -294,6 +294,12 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         for i, key in enumerate(schema.keys):
             if key.type == config_pb2.VALUE_TYPE_UNSPECIFIED:
                 violations.append(FieldViolation(f"schema.keys[{i}].type", "required"))
+            elif not convert.known_value_type(key.type):
+                # An enum number this server does not know (a newer client's, or a
+                # client in another language): refused, never read as another type.
+                violations.append(
+                    FieldViolation(f"schema.keys[{i}].type", f"unknown value type {key.type}")
+                )
         raise_if_invalid(violations)
         stored = await self._writer.set_schema(
             schema.organization,

@@ -14,7 +14,7 @@ import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 import grpc
@@ -1738,6 +1738,12 @@ INVALID_SCHEMAS: dict[str, tuple[tuple[config_pb2.ConfigKeySchema, ...], str]] =
     ),
     "bad key name": ((key_schema("Bad Key", INT),), "schema.keys[0].key"),
     "no type": ((key_schema("k", config_pb2.VALUE_TYPE_UNSPECIFIED),), "schema.keys[0].type"),
+    # An enum number this server does not know (proto3 enums are open): never read as
+    # another type.
+    "unknown type": (
+        (key_schema("a", INT), key_schema("k", cast(Any, 99))),
+        "schema.keys[1].type",
+    ),
     "description too long": (
         (key_schema("k", INT, description="d" * 1001),),
         "schema.keys[0].description",
