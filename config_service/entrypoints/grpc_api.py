@@ -34,6 +34,8 @@ from servicekit.requests import (
 from servicekit.rpc import authorize, authorize_operator
 
 READ, WRITE, PURGE = "config:read", "config:write", "config:purge"
+# Services one WatchConfig stream may filter on (a pod watches a few).
+MAX_WATCH_SERVICES = 100
 MAX_BATCH = 100
 DEFAULT_PROGRESS_SECONDS = 5.0
 
@@ -420,14 +422,22 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
     ) -> AsyncIterator[config_pb2.WatchConfigResponse]:
         authorize(request.organization, READ)
         violations = check_organization(request.organization)
-        for i, service in enumerate(request.services):
-            violations += check_name(service, f"services[{i}]")
+        if len(request.services) > MAX_WATCH_SERVICES:
+            violations.append(FieldViolation("services", f"at most {MAX_WATCH_SERVICES} services"))
+        else:
+            for i, service in enumerate(request.services):
+                violations += check_name(service, f"services[{i}]")
         if request.start_revision < 0:
             violations.append(FieldViolation("start_revision", "must not be negative"))
-        raise_if_invalid(violations)
         interval = DEFAULT_PROGRESS_SECONDS
         if request.HasField("progress_interval"):
-            interval = min(max(request.progress_interval.ToTimedelta().total_seconds(), 1.0), 60.0)
+            given = request.progress_interval
+            seconds = given.seconds + given.nanos / 1e9
+            if seconds < 0:
+                violations.append(FieldViolation("progress_interval", "must not be negative"))
+            elif seconds > 0:  # zero: the default, as unset
+                interval = min(max(seconds, 1.0), 60.0)
+        raise_if_invalid(violations)
         # The use case's generator is the stream itself: no extra layer per message.
         return watch_use_case.watch(
             self._hub,

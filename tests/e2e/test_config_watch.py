@@ -22,7 +22,7 @@ from servicekit.db import connect_pool
 from servicekit.server import RunningServer
 from tests.conftest import Keys
 from tests.e2e.watching import Recorder, Replica, Response, channel_for, eventually
-from tests.rpcerrors import error_info
+from tests.rpcerrors import error_info, field_violations
 
 
 @pytest.fixture(autouse=True)
@@ -534,3 +534,42 @@ async def test_a_forged_notification_neither_resets_nor_stalls_streams(
         await watch.wait_for(2)
         assert watch.errors == []  # never closed, never reset
         assert [m.revision for m in watch.changes()] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"services": [f"svc{i}" for i in range(101)]}, "services"),
+        ({"progress_interval": {"seconds": -1}}, "progress_interval"),
+        ({"progress_interval": {"nanos": -1}}, "progress_interval"),
+    ],
+)
+async def test_a_stream_request_out_of_bounds_is_invalid(
+    servers: dict[str, RunningServer], org: Client, keys: Keys, fields: dict[str, Any], field: str
+) -> None:
+    async with channel_for(servers["config"].port) as channel:
+        stub = config_service_pb2_grpc.ConfigServiceStub(channel)
+        request = config_pb2.WatchConfigRequest(organization=org.organization, **fields)
+        call = stub.WatchConfig(
+            request, metadata=(("authorization", f"Bearer {keys.token(org.organization)}"),)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await asyncio.wait_for(call.read(), 10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in field_violations(raised.value)
+
+
+async def test_a_zero_progress_interval_is_the_default(
+    servers: dict[str, RunningServer], org: Client, keys: Keys
+) -> None:
+    await org.set("a", 1)
+    async with channel_for(servers["config"].port) as channel:
+        stub = config_service_pb2_grpc.ConfigServiceStub(channel)
+        request = config_pb2.WatchConfigRequest(organization=org.organization)
+        request.progress_interval.FromSeconds(0)
+        call = stub.WatchConfig(
+            request, metadata=(("authorization", f"Bearer {keys.token(org.organization)}"),)
+        )
+        first: Any = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+    assert first.type == Response.EVENT_TYPE_SNAPSHOT

@@ -151,7 +151,8 @@ class AsyncConfigWatcher:
         services: only these services' keys (empty: all).
         channel: an existing channel to use instead of ``target`` (not closed by us).
         stale_after: seconds without a stream after which the values count as stale.
-        progress_interval: how often the server confirms an idle stream is current.
+        progress_interval: how often the server confirms an idle stream is current,
+            1 to 60 seconds.
         backoff_initial: first wait before reconnecting, in seconds; doubles per failure.
         backoff_max: the longest wait between reconnections.
         last_known_good: a file that keeps the latest state across restarts.
@@ -192,6 +193,10 @@ class AsyncConfigWatcher:
     ) -> None:
         if (target is None) == (channel is None):
             raise ValueError("give either target or channel")
+        if not 1 <= progress_interval <= 60:
+            raise ValueError("progress_interval: 1 to 60 seconds (the server's bounds)")
+        if len(services) > 100:
+            raise ValueError("services: at most 100 (the server's bound)")
         self.organization = organization
         self._target = target
         self._channel = channel

@@ -1528,7 +1528,7 @@ class WatchConfigRequest(_message.Message):
     """
     @_builtins.property
     def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Only changes of these services; empty = all services."""
+        """Optional. Only changes of these services; empty = all services. At most 100."""
 
     @_builtins.property
     def progress_interval(self) -> _duration_pb2.Duration:
