@@ -142,7 +142,16 @@ async def test_rollout_status_across_replicas_with_a_refusal_and_a_client_gone(
             # The refusing pod keeps serving its last good state.
             assert picky.revision == good.revision
             assert ("app", "bad") not in picky.entries()
-            assert list(await clients(stub, org, md, "app!=web")) == ["jobs/worker-0"]
+            # The worker (a process of its own) reports the change in its own time: the
+            # rollout below is read once it has, so its status is settled.
+            workers = await eventually(
+                lambda: clients(stub, org, md, "app!=web"),
+                lambda c: (
+                    set(c) == {"jobs/worker-0"}
+                    and c["jobs/worker-0"].applied_revision == bad.revision
+                ),
+            )
+            assert list(workers) == ["jobs/worker-0"]
 
             # What a deploy pipeline runs after the change: the refusal fails the wait
             # (exit 8) with the straggler named; the workers alone have all applied it.
