@@ -8,6 +8,7 @@ other and of the order they run in. WatchConfig is covered by test_config_watch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -1425,6 +1426,40 @@ async def test_schema_lifecycle(api: Api) -> None:
     assert list((await api.list_schemas()).schemas) == []
 
 
+@contextlib.asynccontextmanager
+async def write_in_flight(
+    database_url: str, organization: str, key: str, text: str
+) -> AsyncIterator[Any]:
+    """A value write as ConfigService makes one, held open: the organization's revision
+    row locked (``config.begin_write``), ``ai/<key>`` set to ``text`` and revision 2
+    written, nothing committed; yields the transaction for the test to commit."""
+    writer = await asyncpg.connect(database_url)
+    try:
+        in_flight = writer.transaction()
+        await in_flight.start()
+        await writer.fetchrow(
+            "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
+            organization,
+            ["ai"],
+            [key],
+            [],
+        )
+        await writer.execute(
+            "INSERT INTO config.entries "
+            "(organization, service, key, value, revision, updated_at, updated_by) "
+            "VALUES ($1, 'ai', $2, $3::jsonb, 2, now(), 'test')",
+            organization,
+            key,
+            json.dumps(ConfigValue(ValueType.STRING, text).to_json()),
+        )
+        await writer.execute(
+            "UPDATE config.organizations SET revision = 2 WHERE organization = $1", organization
+        )
+        yield in_flight
+    finally:
+        await writer.close()
+
+
 async def lock_waiters(database_url: str) -> int:
     """Backends of this database waiting for a lock on config.organizations."""
     conn = await asyncpg.connect(database_url)
@@ -1443,29 +1478,7 @@ async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
     api: Api, database_url: str
 ) -> None:
     await api.set("ai", "model", sval("small"))
-    writer = await asyncpg.connect(database_url)
-    try:
-        # A write in flight, as ConfigService makes one: the organization's row locked
-        # (config.begin_write), a value written, not committed yet.
-        in_flight = writer.transaction()
-        await in_flight.start()
-        await writer.fetchrow(
-            "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
-            api.org,
-            ["ai"],
-            ["size"],
-            [],
-        )
-        await writer.execute(
-            "INSERT INTO config.entries "
-            "(organization, service, key, value, revision, updated_at, updated_by) "
-            "VALUES ($1, 'ai', 'size', $2::jsonb, 2, now(), 'test')",
-            api.org,
-            json.dumps(ConfigValue(ValueType.STRING, "huge").to_json()),
-        )
-        await writer.execute(
-            "UPDATE config.organizations SET revision = 2 WHERE organization = $1", api.org
-        )
+    async with write_in_flight(database_url, api.org, "size", "huge") as in_flight:
         setting = asyncio.ensure_future(
             api.set_schema("ai", key_schema("size", STRING, allowed_values=["small"]))
         )
@@ -1477,8 +1490,6 @@ async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
         await in_flight.commit()
         err = await rpc_error(setting, Code.FAILED_PRECONDITION)
         assert error_info(err).reason == "SCHEMA_VIOLATION"
-    finally:
-        await writer.close()
     assert (await api.get("ai", "size")).value.string_value == "huge"
 
 
@@ -1486,24 +1497,7 @@ async def test_a_purge_while_a_write_is_in_flight_removes_that_write_too(
     api: Api, keys: Keys, database_url: str
 ) -> None:
     await api.set("ai", "model", sval("small"))
-    writer = await asyncpg.connect(database_url)
-    try:
-        in_flight = writer.transaction()
-        await in_flight.start()
-        await writer.fetchrow(
-            "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[])",
-            api.org,
-            ["ai"],
-            ["late"],
-            [],
-        )
-        await writer.execute(
-            "INSERT INTO config.entries "
-            "(organization, service, key, value, revision, updated_at, updated_by) "
-            "VALUES ($1, 'ai', 'late', $2::jsonb, 2, now(), 'test')",
-            api.org,
-            json.dumps(ConfigValue(ValueType.STRING, "late").to_json()),
-        )
+    async with write_in_flight(database_url, api.org, "late", "late") as in_flight:
         platform = (
             (
                 "authorization",
@@ -1521,8 +1515,6 @@ async def test_a_purge_while_a_write_is_in_flight_removes_that_write_too(
         await eventually(lambda: lock_waiters(database_url), lambda n: n >= 1)
         await in_flight.commit()
         await purging
-    finally:
-        await writer.close()
     conn = await asyncpg.connect(database_url)
     try:
         left = await conn.fetchval(
