@@ -6,6 +6,7 @@ with the usage named, writing nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -306,15 +307,24 @@ async def test_concurrent_writers_at_the_limit_cannot_overshoot(stub: Any, keys:
     assert usage.keys == len(listed) == 1000
 
 
-@pytest.fixture(scope="module")
-async def roomy(server_env: dict[str, str]) -> AsyncIterator[RunningServer]:
-    """A ConfigService whose organizations may store 8 MiB: more than one message."""
-    env = {**server_env, "METRICS_PORT": "off", "CONFIG_MAX_ORGANIZATION_BYTES": str(8 << 20)}
+@contextlib.asynccontextmanager
+async def config_server(
+    server_env: dict[str, str], **settings: str
+) -> AsyncIterator[RunningServer]:
+    """A ConfigService of its own, with ``settings`` on top of the test environment."""
+    env = {**server_env, "METRICS_PORT": "off", **settings}
     server = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
     try:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def roomy(server_env: dict[str, str]) -> AsyncIterator[RunningServer]:
+    """A ConfigService whose organizations may store 8 MiB: more than one message."""
+    async with config_server(server_env, CONFIG_MAX_ORGANIZATION_BYTES=str(8 << 20)) as server:
+        yield server
 
 
 async def test_a_snapshot_larger_than_a_message_is_received_whole(
@@ -429,12 +439,8 @@ async def test_purging_an_organization_drops_its_usage_gauges(stub: Any, keys: K
 @pytest.fixture(scope="module")
 async def few_clients(server_env: dict[str, str]) -> AsyncIterator[RunningServer]:
     """A ConfigService whose organizations may have three reporting clients."""
-    env = {**server_env, "METRICS_PORT": "off", "CONFIG_MAX_ORGANIZATION_CLIENTS": "3"}
-    server = await start(CONFIG, load_settings("config", env, extra=CONFIG.extra_settings))
-    try:
+    async with config_server(server_env, CONFIG_MAX_ORGANIZATION_CLIENTS="3") as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def test_reporting_clients_are_capped_per_organization(
