@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
-from google.protobuf import empty_pb2
+from google.protobuf import duration_pb2, empty_pb2
 from google.protobuf.message import Message
 
 from config_service import metrics
@@ -55,6 +55,15 @@ def _expected(request: Any) -> int | None:
     if request.expected_revision < 0:
         raise InvalidArgument.field("expected_revision", "must not be negative")
     return int(request.expected_revision)
+
+
+def progress_seconds(given: duration_pb2.Duration | None) -> float | None:
+    """A WatchConfig stream's progress interval: unset or zero = the default, clamped
+    to 1-60 seconds; None when negative (INVALID_ARGUMENT)."""
+    seconds = given.seconds + given.nanos / 1e9 if given is not None else 0.0
+    if seconds < 0:
+        return None
+    return min(max(seconds, 1.0), 60.0) if seconds > 0 else DEFAULT_PROGRESS_SECONDS
 
 
 class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
@@ -429,15 +438,12 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
                 violations += check_name(service, f"services[{i}]")
         if request.start_revision < 0:
             violations.append(FieldViolation("start_revision", "must not be negative"))
-        interval = DEFAULT_PROGRESS_SECONDS
-        if request.HasField("progress_interval"):
-            given = request.progress_interval
-            seconds = given.seconds + given.nanos / 1e9
-            if seconds < 0:
-                violations.append(FieldViolation("progress_interval", "must not be negative"))
-            elif seconds > 0:  # zero: the default, as unset
-                interval = min(max(seconds, 1.0), 60.0)
+        given = request.progress_interval if request.HasField("progress_interval") else None
+        interval = progress_seconds(given)
+        if interval is None:
+            violations.append(FieldViolation("progress_interval", "must not be negative"))
         raise_if_invalid(violations)
+        assert interval is not None  # raise_if_invalid raised otherwise
         # The use case's generator is the stream itself: no extra layer per message.
         return watch_use_case.watch(
             self._hub,

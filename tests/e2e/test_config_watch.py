@@ -557,19 +557,3 @@ async def test_a_stream_request_out_of_bounds_is_invalid(
             await asyncio.wait_for(call.read(), 10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(raised.value)
-
-
-async def test_a_zero_progress_interval_is_the_default(
-    servers: dict[str, RunningServer], org: Client, keys: Keys
-) -> None:
-    await org.set("a", 1)
-    async with channel_for(servers["config"].port) as channel:
-        stub = config_service_pb2_grpc.ConfigServiceStub(channel)
-        request = config_pb2.WatchConfigRequest(organization=org.organization)
-        request.progress_interval.FromSeconds(0)
-        call = stub.WatchConfig(
-            request, metadata=(("authorization", f"Bearer {keys.token(org.organization)}"),)
-        )
-        first: Any = await asyncio.wait_for(call.read(), 10)
-        call.cancel()
-    assert first.type == Response.EVENT_TYPE_SNAPSHOT
