@@ -201,10 +201,11 @@ def fake_api_process(kubeconfig: Path) -> Iterator[Path]:
             str(free_port()),
             "--kubeconfig",
             str(kubeconfig),
-            # Lowest CPU priority: handling a request costs the fake (Python, one GIL)
-            # about half a millisecond, and on this shared machine the kernel would
-            # otherwise often run it at once on the very core of the client that just
-            # sent the request, stalling the client; a real API server runs elsewhere.
+            # Lowest CPU priority for handling requests: that costs the fake (Python,
+            # one GIL) about half a millisecond, and on this shared machine the kernel
+            # would otherwise often run it at once on the very core of the client that
+            # just sent the request, stalling the client; a real API server runs
+            # elsewhere. Held answers still leave at normal priority, on time.
             "--nice",
             "19",
             *(

@@ -76,17 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         "--nice",
         type=int,
         default=0,
-        help="lower the process's CPU priority by this much (0-19; default 0). On a machine "
-        "shared with the processes being measured, 19 keeps the fake's own work from "
-        "preempting them, as an API server on other machines would not",
+        help="lower the CPU priority of request handling by this much (0-19; default 0). "
+        "On a machine shared with the processes being measured, 19 keeps the fake's own "
+        "work from preempting them, as an API server on other machines would not; held "
+        "answers are still sent at the process's priority, on time",
     )
     args = parser.parse_args(argv)
 
     # A process of its own: a handler thread whose latency is up takes the GIL from
     # a busy one within 0.1 ms rather than the default 5 ms, so answers leave on time.
     sys.setswitchinterval(0.0001)
-    if args.nice:
-        os.nice(args.nice)
     per_resource = {} if args.namespace_latency is None else {"namespaces": args.namespace_latency}
     server = FakeKubeServer(
         host=args.host,
@@ -96,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         latency_by_resource=per_resource,
         latency_rules=dict(args.latency_rule),
+        handler_niceness=args.nice,
     )
     server.start()
     print(f"fake Kubernetes API server on {server.url}", flush=True)
