@@ -12,7 +12,6 @@ included) is chosen per request by verb and resource; the first match wins among
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
