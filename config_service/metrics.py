@@ -23,6 +23,11 @@ FALLBACK_MODE = Gauge(
     "config_notification_fallback",
     "1 while Redis pub/sub is unavailable and the replica polls PostgreSQL instead.",
 )
+WRITE_CONFLICTS = Counter(
+    "config_write_conflicts_total",
+    "Value writes read again because their organization changed between their read "
+    "and their commit (the optimistic write path).",
+)
 FEED_FETCHES = Counter(
     "config_feed_fetches_total", "History reads made to fan revisions out (one per batch)."
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import enum
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -107,6 +108,8 @@ class WriteState:
     # What an earlier attempt with the write's request id recorded: (method,
     # fingerprint, result), or None.
     request: tuple[str, str, dict[str, Any]] | None = None
+    # The version of each schema read (by service): what config.commit_write checks.
+    schema_versions: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 async def begin_write(
@@ -138,6 +141,91 @@ async def begin_write(
         entries,
         schemas,
         (found["method"], found["fingerprint"], found["response"]) if found else None,
+    )
+
+
+async def read_for_write(
+    conn: asyncpg.Connection,
+    organization: str,
+    keys: Sequence[tuple[str, str]],
+    schema_services: Iterable[str],
+    *,
+    request_id: str = "",
+) -> WriteState:
+    """What :func:`begin_write` reads, without a lock and in a statement that is a
+    transaction of its own (``config.read_for_write``; on a connection with no
+    transaction open): the first half of an optimistic write, which
+    :func:`commit_write` finishes."""
+    row = await conn.fetchrow(
+        "SELECT * FROM config.read_for_write($1, $2::text[], $3::text[], $4::text[], $5)",
+        organization,
+        [service for service, _ in keys],
+        [key for _, key in keys],
+        sorted(set(schema_services)),
+        request_id,
+    )
+    assert row is not None
+    entries = {(e["service"], e["key"]): Entry.from_json(e) for e in row["entries"]}
+    schemas = {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()}
+    found = row["request"]
+    return WriteState(
+        int(row["revision"]),
+        int(row["compact_revision"]),
+        entries,
+        schemas,
+        (found["method"], found["fingerprint"], found["response"]) if found else None,
+        {name: int(version) for name, version in row["schema_versions"].items()},
+    )
+
+
+class Committed(enum.Enum):
+    """How :func:`commit_write` ended."""
+
+    OK = "ok"
+    # Something the write was decided on changed after it was read: nothing written.
+    CONFLICT = "conflict"
+    # The write would take the organization past a limit: nothing written.
+    LIMIT = "limit"
+
+
+async def commit_write(
+    conn: asyncpg.Connection,
+    organization: str,
+    read: WriteState,
+    changes: Sequence[Change],
+    now: dt.datetime,
+    *,
+    limits: Usage,
+    request: RequestRecord | None = None,
+) -> tuple[Committed, Usage, Usage]:
+    """Writes one revision decided on ``read`` (from :func:`read_for_write`) in one
+    statement that is a transaction of its own (``config.commit_write``), unless the
+    organization's revision, a schema read or the request id's record changed since,
+    or the write would take the organization past ``limits``. Returns (how it ended,
+    the usage after the write, what the write adds); the usage is what it would be
+    for LIMIT, and the current one, with nothing added, for CONFLICT."""
+    services = sorted({c.service for c in changes if c.new_value is not None})
+    row = await conn.fetchrow(
+        "SELECT * FROM config.commit_write("
+        "$1, $2, $3::text[], $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12::jsonb)",
+        organization,
+        read.revision,
+        services,
+        {name: read.schema_versions[name] for name in services if name in read.schema_versions},
+        _change_rows(changes),
+        now,
+        limits.keys,
+        limits.bytes,
+        request.request_id if request else "",
+        request.method if request else "",
+        request.fingerprint if request else "",
+        request.result if request else None,
+    )
+    assert row is not None
+    return (
+        Committed(row["outcome"]),
+        Usage(int(row["key_count"]), int(row["stored_bytes"])),
+        Usage(int(row["added_keys"]), int(row["added_bytes"])),
     )
 
 
@@ -305,6 +393,25 @@ class RequestRecord:
     result: dict[str, Any]
 
 
+def _change_rows(changes: Sequence[Change]) -> list[dict[str, Any]]:
+    """Changes as the write statements take them: one JSON array (cheaper to encode
+    than a dozen arrays)."""
+    return [
+        {
+            "seq": c.seq,
+            "service": c.service,
+            "key": c.key,
+            "change_type": c.kind,
+            "old_value": c.old_value.to_json() if c.old_value else None,
+            "new_value": c.new_value.to_json() if c.new_value else None,
+            "actor": c.actor,
+            "reason": c.reason,
+            "request_id": c.request_id,
+        }
+        for c in changes
+    ]
+
+
 async def write_commit(
     conn: asyncpg.Connection,
     organization: str,
@@ -319,20 +426,7 @@ async def write_commit(
 
     The changes travel as one JSON array (cheaper to encode than a dozen arrays).
     """
-    rows = [
-        {
-            "seq": c.seq,
-            "service": c.service,
-            "key": c.key,
-            "change_type": c.kind,
-            "old_value": c.old_value.to_json() if c.old_value else None,
-            "new_value": c.new_value.to_json() if c.new_value else None,
-            "actor": c.actor,
-            "reason": c.reason,
-            "request_id": c.request_id,
-        }
-        for c in changes
-    ]
+    rows = _change_rows(changes)
     row = await conn.fetchrow(
         """
         WITH c AS (

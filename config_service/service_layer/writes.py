@@ -1,5 +1,14 @@
 """Writes: every change is one transaction holding the value, its history and the
-organization's revision bump; the notification goes out after the commit."""
+organization's revision bump; the notification goes out after the commit.
+
+A value write is optimistic first: it reads what it needs without a lock (one
+statement), decides in Python, and commits in a second statement that writes only if
+nothing the decision rests on changed meanwhile (see ``config.commit_write`` in the
+migrations): two round trips instead of four. A write that loses that race reads
+again; one that loses it :data:`OPTIMISTIC_ATTEMPTS` times takes the organization's
+lock for its read, decision and write, as a rollback always does, so a busy
+organization's writes still finish.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +42,9 @@ from servicekit.requests import RequestKey
 # Called after a commit with (organization, revision): fans the change out.
 Notify = Callable[[str, int], None]
 
+# Optimistic tries of a value write before it takes the organization's lock.
+OPTIMISTIC_ATTEMPTS = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -40,6 +52,17 @@ class Limits:
 
     keys: int = 1000
     bytes: int = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A write decided on what it read: the changes to make (none for a no-op), the
+    answer, and the request id's record to keep with it (if any)."""
+
+    changes: tuple[Change, ...]
+    commit: Commit
+    record: pg.RequestRecord | None
+    now: dt.datetime
 
 
 class ConfigWriter:
@@ -76,10 +99,40 @@ class ConfigWriter:
             seen[where] = m.field.rstrip(".") or "this request"
         keys = [(m.service, m.key) for m in mutations]
         services = {m.service for m in mutations if m.value is not None}
+        request_id = request.request_id if request else ""
+        limits = pg.Usage(self.limits.keys, self.limits.bytes)
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            async with self._store.single() as conn:
+                state = await pg.read_for_write(
+                    conn, organization, keys, services, request_id=request_id
+                )
+                replay = _replay(state, request)
+                if replay is not None:
+                    return replay
+                plan = self._plan(
+                    organization, state, mutations, actor=actor, reason=reason, request=request
+                )
+                if not plan.changes and plan.record is None:
+                    return plan.commit  # a no-op, as of the read: nothing to write
+                outcome, usage, added = await pg.commit_write(
+                    conn,
+                    organization,
+                    state,
+                    plan.changes,
+                    plan.now,
+                    limits=limits,
+                    request=plan.record,
+                )
+            if outcome is pg.Committed.OK:
+                if plan.changes:
+                    metrics.show_usage(organization, usage.keys, usage.bytes)
+                return self._announce(organization, plan.commit)
+            if outcome is pg.Committed.LIMIT:
+                self._check_limits(organization, usage, added)
+                raise AssertionError(f"a write within the limits was refused: {usage}")
+            metrics.WRITE_CONFLICTS.inc()
         async with self._store.write(organization) as conn:
-            state = await pg.begin_write(
-                conn, organization, keys, services, request_id=request.request_id if request else ""
-            )
+            state = await pg.begin_write(conn, organization, keys, services, request_id=request_id)
             replay = _replay(state, request)
             if replay is not None:
                 return replay
@@ -170,13 +223,28 @@ class ConfigWriter:
     ) -> Commit:
         """Applies the mutations under the lock and records the request's result (in
         the write's own statement when there is one)."""
-        return await self._apply_locked(
-            conn, organization, state, mutations, actor=actor, reason=reason, request=request
+        plan = self._plan(
+            organization, state, mutations, actor=actor, reason=reason, request=request
         )
+        if plan.changes:
+            usage, added = await pg.write_commit(
+                conn, organization, plan.commit.revision, plan.changes, plan.now, plan.record
+            )
+            self._check_limits(organization, usage, added)  # raising rolls the write back
+            metrics.show_usage(organization, usage.keys, usage.bytes)
+        elif plan.record is not None:  # nothing changed: the answer is recorded all the same
+            await pg.save_request(
+                conn,
+                organization,
+                plan.record.request_id,
+                plan.record.method,
+                plan.record.fingerprint,
+                plan.record.result,
+            )
+        return plan.commit
 
-    async def _apply_locked(
+    def _plan(
         self,
-        conn: asyncpg.Connection,
         organization: str,
         state: pg.WriteState,
         mutations: Sequence[Mutation],
@@ -184,7 +252,13 @@ class ConfigWriter:
         actor: str,
         reason: str,
         request: RequestKey | None,
-    ) -> Commit:
+    ) -> _Plan:
+        """Decides a write on what it read: checks the expected revisions and etags and
+        the schemas, and works out the changes and the answer.
+
+        Raises:
+            Aborted, NotFound, InvalidArgument: as :meth:`apply` says.
+        """
         request_id = request.request_id if request else ""
         ordered = sorted(mutations, key=lambda m: (m.service, m.key))
         current, schemas, revision = state.entries, state.schemas, state.revision
@@ -250,22 +324,7 @@ class ConfigWriter:
             if request is not None
             else None
         )
-        if changes:
-            usage, added = await pg.write_commit(
-                conn, organization, new_revision, changes, now, record
-            )
-            self._check_limits(organization, usage, added)  # raising rolls the write back
-            metrics.show_usage(organization, usage.keys, usage.bytes)
-        elif record is not None:  # nothing changed: the answer is recorded all the same
-            await pg.save_request(
-                conn,
-                organization,
-                record.request_id,
-                record.method,
-                record.fingerprint,
-                record.result,
-            )
-        return commit
+        return _Plan(tuple(changes), commit, record, now)
 
     def _check_limits(self, organization: str, usage: pg.Usage, added: pg.Usage) -> None:
         """Refuses a write that grows the organization past a limit (a write that
@@ -419,8 +478,9 @@ def _check_concurrency(organization: str, m: Mutation, entry: Entry | None) -> N
 
 
 def _replay(state: pg.WriteState, request: RequestKey | None) -> Commit | None:
-    """The stored result of an earlier attempt of the same request, if any (read by
-    :func:`pg.begin_write` under the lock)."""
+    """The stored result of an earlier attempt of the same request, if any (read with
+    the write's state: a record committed after that read makes the write's commit a
+    conflict, and the write reads again)."""
     if request is None or state.request is None:
         return None
     method, fingerprint, result = state.request

@@ -23,8 +23,10 @@ import pytest
 from agentready.config.v1 import config_pb2, config_service_pb2_grpc
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
+from prometheus_client import REGISTRY
 
 from config_service.adapters import postgres as pg
+from config_service.domain.schema import KeySchema, ServiceSchema
 from config_service.domain.values import ConfigValue, ValueType
 from servicekit.pagination import MAX_PAGE_BYTES
 from servicekit.server import RunningServer
@@ -1460,18 +1462,94 @@ async def write_in_flight(
         await writer.close()
 
 
-async def lock_waiters(database_url: str) -> int:
-    """Backends of this database waiting for a lock on config.organizations."""
+async def lock_waiters(database_url: str, query: str = "%config.organizations%") -> int:
+    """Backends of this database waiting for a lock, running a query LIKE ``query``
+    (by default, the ones that lock config.organizations themselves)."""
     conn = await asyncpg.connect(database_url)
     try:
         count: int = await conn.fetchval(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE NOT l.granted AND a.datname = current_database() "
-            "  AND a.query LIKE '%config.organizations%'"
+            "WHERE NOT l.granted AND a.datname = current_database() AND a.query LIKE $1",
+            query,
         )
         return count
     finally:
         await conn.close()
+
+
+def write_conflicts() -> float:
+    """Value writes of this process's servers read again (config_write_conflicts_total)."""
+    return REGISTRY.get_sample_value("config_write_conflicts_total") or 0.0
+
+
+async def committing(database_url: str) -> None:
+    """Until a value write has read and waits, in ``config.commit_write``, for the
+    organization's lock: its decision is made on what it read."""
+    await eventually(lambda: lock_waiters(database_url, "%config.commit_write%"), lambda n: n >= 1)
+
+
+async def test_a_write_decided_before_another_committed_is_decided_again(
+    api: Api, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)
+    before = write_conflicts()
+    async with write_in_flight(database_url, api.org, "size", "huge") as in_flight:
+        writing = asyncio.ensure_future(api.set_int("ai", "b", 7))
+        await committing(database_url)  # it read revision 1
+        await in_flight.commit()
+        # Revision 2 is the other write's: this one read again and wrote revision 3.
+        assert await writing == 3
+    assert write_conflicts() == before + 1
+    assert await api.values() == {
+        ("ai", "a"): ival(1),
+        ("ai", "size"): sval("huge"),
+        ("ai", "b"): ival(7),
+    }
+    assert [(h.revision, h.key) for h in await api.history(service="ai", key="b")] == [(3, "b")]
+
+
+async def test_an_expected_revision_checked_before_another_write_committed_is_checked_again(
+    api: Api, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)
+    async with write_in_flight(database_url, api.org, "size", "huge") as in_flight:
+        # As far as it can see, "size" is not set: it expects just that (revision 0).
+        writing = asyncio.ensure_future(api.set("ai", "size", sval("small"), expected_revision=0))
+        await committing(database_url)
+        await in_flight.commit()
+        err = await rpc_error(writing, Code.ABORTED)
+        assert error_info(err).reason == "REVISION_MISMATCH"
+    # The value written meanwhile is not lost.
+    assert (await api.get("ai", "size")).value == sval("huge")
+
+
+async def test_a_value_checked_before_a_schema_committed_is_checked_against_it(
+    api: Api, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)
+    schema = ServiceSchema((KeySchema("size", ValueType.STRING, allowed_values=("small",)),))
+    holder = await asyncpg.connect(database_url)
+    try:
+        # A schema write in flight, as SetConfigSchema makes one: the organization's
+        # row locked first, then the schema.
+        in_flight = holder.transaction()
+        await in_flight.start()
+        await holder.execute(
+            "SELECT 1 FROM config.organizations WHERE organization = $1 FOR UPDATE", api.org
+        )
+        writing = asyncio.ensure_future(api.set("ai", "size", sval("huge")))
+        await committing(database_url)  # judged with no schema
+        await holder.execute(
+            "INSERT INTO config.schemas (organization, service, schema) "
+            "VALUES ($1, 'ai', $2::jsonb)",
+            api.org,
+            json.dumps(schema.to_json()),
+        )
+        await in_flight.commit()
+        assert_invalid(await rpc_error(writing, Code.INVALID_ARGUMENT), "value")
+    finally:
+        await holder.close()
+    await rpc_error(api.get("ai", "size"), Code.NOT_FOUND)
 
 
 async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
