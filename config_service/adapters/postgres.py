@@ -251,6 +251,14 @@ async def read_revision(conn: asyncpg.Connection, organization: str) -> tuple[in
     return (int(row["revision"]), int(row["compact_revision"])) if row else (0, 0)
 
 
+async def revision_of(conn: asyncpg.Connection, organization: str) -> tuple[int, int]:
+    """:func:`read_revision` in one statement that is a transaction of its own
+    (``config.revision_of``, on a connection with no transaction open)."""
+    row = await conn.fetchrow("SELECT * FROM config.revision_of($1)", organization)
+    assert row is not None
+    return int(row["revision"]), int(row["compact_revision"])
+
+
 async def find_request(
     conn: asyncpg.Connection, organization: str, request_id: str
 ) -> tuple[str, str, dict[str, Any]] | None:
@@ -335,6 +343,41 @@ async def read_entry(
             updated_by=row["updated_by"],
         )
     return ServiceSchema.from_json(row["schema"])
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchStart:
+    """Where a WatchConfig stream starts: the organization's revision, the revision
+    its history is compacted through and its last commit time, and, when the stream
+    starts with a snapshot, the entries of the services watched."""
+
+    revision: int
+    compacted: int
+    commit_time: dt.datetime | None
+    snapshot: bool
+    entries: list[Entry]
+
+
+async def watch_start(
+    conn: asyncpg.Connection, organization: str, services: Sequence[str], start_revision: int
+) -> WatchStart:
+    """Reads where a stream that asks to start after ``start_revision`` (0: with a
+    snapshot) starts, in one statement (``config.watch_start``, on a connection with
+    no transaction open), so with one consistent view."""
+    rows = await conn.fetch(
+        "SELECT * FROM config.watch_start($1, $2::text[], $3)",
+        organization,
+        list(services),
+        start_revision,
+    )
+    head = rows[0]
+    return WatchStart(
+        revision=int(head["org_revision"]),
+        compacted=int(head["org_compact_revision"]),
+        commit_time=head["commit_time"],
+        snapshot=bool(head["is_snapshot"]),
+        entries=[_entry(row) for row in rows[1:]],
+    )
 
 
 async def list_entries(

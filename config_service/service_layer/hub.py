@@ -181,8 +181,8 @@ class Hub:
             self._feeds[organization] = feed
             feed.watchers.add(watcher)
             try:
-                async with self._store.transaction(organization) as conn:
-                    feed.revision, _ = await pg.read_revision(conn, organization)
+                async with self._store.single() as conn:
+                    feed.revision, _ = await pg.revision_of(conn, organization)
                 feed.target = max(feed.target, feed.revision)
                 feed.ready.set_result(None)
             except BaseException as exc:

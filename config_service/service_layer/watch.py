@@ -72,22 +72,21 @@ async def watch(
     watcher = await hub.watch(organization, services, progress_interval=progress_interval)
     loop = asyncio.get_running_loop()
     try:
-        async with store.transaction(organization, snapshot=True) as conn:
-            revision, compacted = await pg.read_revision(conn, organization)
-            snapshot = (
-                start_revision <= 0 or start_revision > revision or start_revision < compacted
+        async with store.single() as conn:
+            start = await pg.watch_start(
+                conn, organization, sorted(services or ()), max(start_revision, 0)
             )
-            if snapshot:
-                entries = await pg.list_entries(conn, organization, services=sorted(services or ()))
-                commit_time = await conn.fetchval(
-                    "SELECT updated_at FROM config.organizations WHERE organization = $1",
-                    organization,
-                )
-        compact = _compact_revision(revision, compacted)
-        if snapshot:
+        revision = start.revision
+        compact = _compact_revision(revision, start.compacted)
+        if start.snapshot:
             SENT_SNAPSHOT.inc()
             for part in encoder.snapshot(
-                organization, revision, compact, entries, start_revision > 0, commit_time
+                organization,
+                revision,
+                compact,
+                start.entries,
+                start_revision > 0,
+                start.commit_time,
             ):
                 yield part
         else:
