@@ -399,6 +399,24 @@ async def _parts(port: int, organization: str, token: str, calls: int) -> None:
             "SetConfig with request_id",
             await _timed(lambda: ours.set(request_id=True), calls),
         )
+        for n in range(10):
+            await ours.set(key=f"key-{n}")
+
+        async def first_message() -> None:
+            stream = ours.stub.WatchConfig(
+                config_pb2.WatchConfigRequest(organization=organization),
+                metadata=ours.metadata,
+                timeout=10,
+            )
+            async for _ in stream:
+                break
+            stream.cancel()
+
+        RESULTS.latency(
+            PARTS,
+            "WatchConfig opened → its SNAPSHOT (11 keys)",
+            await _timed(first_message, max(100, calls // 5)),
+        )
     finally:
         await ours.close()
 
