@@ -9,6 +9,7 @@ from agentready.config.v1 import config_service_pb2, config_service_pb2_grpc
 
 from config_service.adapters.notifier import Notifier
 from config_service.adapters.postgres import ConfigStore
+from config_service.domain.model import Event
 from config_service.entrypoints.convert import WatchMessages
 from config_service.entrypoints.grpc_api import ConfigServiceServicer
 from config_service.service_layer.clients import ConfigClients
@@ -114,9 +115,9 @@ async def register(server: grpc.aio.Server, resources: Resources) -> None:
         on_health=lambda healthy: hub.set_fallback(not healthy),
     )
 
-    def committed(organization: str, revision: int) -> None:
-        hub.notify(organization, revision)  # local streams at once, Redis or not
-        notifier.publish(organization, revision)
+    def committed(event: Event) -> None:
+        hub.committed(event)  # local streams at once, Redis or not
+        notifier.publish(event.organization, event.revision)
 
     limits = Limits(
         keys=extra["CONFIG_MAX_ORGANIZATION_KEYS"], bytes=extra["CONFIG_MAX_ORGANIZATION_BYTES"]

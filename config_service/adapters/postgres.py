@@ -657,14 +657,11 @@ _HISTORY_COLUMNS_OF_H = ", ".join(f"h.{c.strip()}" for c in _HISTORY_COLUMNS.spl
 async def changes_between(
     conn: asyncpg.Connection, organization: str, after: int, upto: int
 ) -> list[Change]:
-    """Every change of revisions ``after`` < r <= ``upto``, in commit order."""
+    """Every change of revisions ``after`` < r <= ``upto``, in commit order, in one
+    statement that is a transaction of its own (``config.changes_between``, on a
+    connection with no transaction open)."""
     rows = await conn.fetch(
-        f"SELECT {_HISTORY_COLUMNS} FROM config.history "  # noqa: S608 - constant columns
-        "WHERE organization = $1 AND revision > $2 AND revision <= $3 "
-        "ORDER BY revision, seq",
-        organization,
-        after,
-        upto,
+        "SELECT * FROM config.changes_between($1, $2, $3)", organization, after, upto
     )
     return [_change(row) for row in rows]
 

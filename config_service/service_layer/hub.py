@@ -5,6 +5,9 @@ revision it fanned out and the highest revision it knows exists. Notifications (
 this replica's own writes, from Redis, or from the poller) only raise that target; one
 task per feed then reads the missing revisions from PostgreSQL once, in order, and
 offers each to every stream of the organization from memory. Never a query per watcher.
+This replica's own writes hand their committed revision over whole (they made it), so
+a revision written here reaches the local streams without being read back; Redis
+messages and polls are hints, and what they announce is always read from PostgreSQL.
 
 Gaps fill themselves: a lost notification leaves the target behind, and the next one
 (or the poller, every ``poll_interval``; faster while Redis is down) raises it past
@@ -121,13 +124,16 @@ class Watcher:
 
 
 class _Feed:
-    __slots__ = ("organization", "ready", "revision", "target", "task", "watchers")
+    __slots__ = ("known", "organization", "ready", "revision", "target", "task", "watchers")
 
     def __init__(self, organization: str) -> None:
         self.organization = organization
         self.watchers: set[Watcher] = set()
         self.revision = 0
         self.target = 0
+        # Revisions above ``revision`` committed by this replica, whole: fanned out
+        # without a read when their turn comes.
+        self.known: dict[int, Event] = {}
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
 
@@ -214,10 +220,24 @@ class Hub:
     def notify(self, organization: str, revision: int) -> None:
         """Revision ``revision`` of ``organization`` is committed; fan it out (non-blocking)."""
         feed = self._feeds.get(organization)
-        if feed is None or revision <= feed.target:
+        if feed is not None:
+            self._raise(feed, revision)
+
+    def committed(self, event: Event) -> None:
+        """This replica committed ``event``: fan it out in its turn, as it is (non-blocking)."""
+        feed = self._feeds.get(event.organization)
+        if feed is None:
             return
-        feed.target = revision
-        if feed.ready.done():
+        if event.revision > feed.revision and len(feed.known) < self._batch:
+            feed.known[event.revision] = event
+        self._raise(feed, event.revision)
+
+    def _raise(self, feed: _Feed, revision: int) -> None:
+        """Raises the feed's target to ``revision``; catches up unless a catch-up is
+        under way (also when the target did not move: the last catch-up may have
+        failed short of it, and this notification is the next attempt)."""
+        feed.target = max(feed.target, revision)
+        if feed.target > feed.revision and feed.ready.done():
             self._start(feed)
 
     def _start(self, feed: _Feed) -> None:
@@ -227,8 +247,13 @@ class Hub:
     async def _catch_up(self, feed: _Feed) -> None:
         try:
             while feed.target > feed.revision and self._feeds.get(feed.organization) is feed:
+                event = feed.known.pop(feed.revision + 1, None)
+                if event is not None:  # committed here: no need to read it back
+                    self._fan_out(feed, event)
+                    feed.revision = event.revision
+                    continue
                 upto = min(feed.target, feed.revision + self._batch)
-                async with self._store.transaction(feed.organization) as conn:
+                async with self._store.single() as conn:
                     changes = await pg.changes_between(conn, feed.organization, feed.revision, upto)
                     if not changes or changes[-1].revision < upto:
                         # Short of the target: a notification is a hint, not a fact.
@@ -236,7 +261,7 @@ class Hub:
                         # so a forged one (anyone who can PUBLISH on Redis) neither
                         # resets streams nor makes the feed wait for revisions that do
                         # not exist.
-                        committed, _ = await pg.read_revision(conn, feed.organization)
+                        committed, _ = await pg.revision_of(conn, feed.organization)
                         if committed < upto:
                             log.warning(
                                 "notified revision %d of %s is above the committed %d; ignored",
@@ -258,6 +283,8 @@ class Hub:
                 if expected <= upto:
                     self._reset(feed, expected)
                 feed.revision = upto
+                for revision in [r for r in feed.known if r <= upto]:
+                    del feed.known[revision]
         except asyncio.CancelledError:
             raise
         except Exception:

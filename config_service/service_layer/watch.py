@@ -147,7 +147,7 @@ async def _replay(
     position = after
     while position < upto:
         end = min(upto, position + REPLAY_BATCH)
-        async with store.transaction(organization) as conn:
+        async with store.single() as conn:
             changes = await pg.changes_between(conn, organization, position, end)
         expected = position + 1
         for revision, group in itertools.groupby(changes, key=lambda c: c.revision):

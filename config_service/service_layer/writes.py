@@ -20,7 +20,16 @@ import asyncpg
 
 from config_service import metrics
 from config_service.adapters import postgres as pg
-from config_service.domain.model import DELETE, SET, Change, Commit, Entry, Mutation, etag
+from config_service.domain.model import (
+    DELETE,
+    SET,
+    Change,
+    Commit,
+    Entry,
+    Event,
+    Mutation,
+    etag,
+)
 from config_service.domain.patterns import precompile
 from config_service.domain.schema import (
     MAX_ORGANIZATION_SCHEMA_BYTES,
@@ -39,8 +48,8 @@ from servicekit.errors import (
 )
 from servicekit.requests import RequestKey
 
-# Called after a commit with (organization, revision): fans the change out.
-Notify = Callable[[str, int], None]
+# Called after a commit with the revision it made: fans the change out.
+Notify = Callable[[Event], None]
 
 # Optimistic tries of a value write before it takes the organization's lock.
 OPTIMISTIC_ATTEMPTS = 2
@@ -207,7 +216,9 @@ class ConfigWriter:
     def _announce(self, organization: str, commit: Commit) -> Commit:
         """Tells the fan-out about a committed revision (after the transaction)."""
         if commit.changes:
-            self._notify(organization, commit.revision)
+            self._notify(
+                Event(organization, commit.revision, commit.changes, commit.changes[0].created_at)
+            )
         return commit
 
     async def _commit_locked(
