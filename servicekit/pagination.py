@@ -2,7 +2,9 @@
 
 A token carries the position to continue from and a fingerprint of the request's
 other fields; a token reused with different fields is ``INVALID_ARGUMENT``, as is a
-token that was tampered with or is not ours.
+token that was tampered with or is not ours. Tokens are not signed: a client can forge
+one with any position, so a decoded position is checked against the shape its RPC
+issues before it goes near a query.
 """
 
 from __future__ import annotations
@@ -73,11 +75,32 @@ def next_page(
     return page, encode_token(position(page[-1]), request=request)
 
 
-def decode_token(token: str, *, request: Any) -> Any:
+# What a position holds: text, an integer, or a list of those (``(str, str)`` = a list
+# of two texts).
+Shape = type[str] | type[int] | tuple[type[str] | type[int], ...]
+# Positions are names, emails, ids and times: far shorter than this.
+MAX_POSITION_CHARS = 1024
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_NOT_OURS = "not a page token of this API"
+
+
+def _fits(value: Any, kind: type[str] | type[int]) -> bool:
+    if kind is int:
+        # bool is an int to Python, not to a query; int64 is what the columns hold.
+        return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
+    # PostgreSQL text cannot hold NUL (U+0000).
+    return isinstance(value, str) and len(value) <= MAX_POSITION_CHARS and "\x00" not in value
+
+
+def decode_token(token: str, *, request: Any, shape: Shape) -> Any:
     """The position in ``token``; None for an empty token (the first page).
 
+    ``shape`` is what the RPC's positions are: ``str`` (text without NUL), ``int`` (an
+    int64), or a tuple of those for a list of that many values, returned as a tuple.
+
     Raises:
-        InvalidArgument: the token is malformed or belongs to a request with other fields.
+        InvalidArgument: the token is malformed, holds a position of another shape, or
+            belongs to a request with other fields.
     """
     if not token:
         return None
@@ -86,9 +109,19 @@ def decode_token(token: str, *, request: Any) -> Any:
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
         position, binding = payload["p"], payload["b"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidArgument.field("page_token", "not a page token of this API") from None
+        raise InvalidArgument.field("page_token", _NOT_OURS) from None
     if binding != _binding(request):
         raise InvalidArgument.field(
             "page_token", "belongs to a request with different fields; start again without it"
         )
+    if isinstance(shape, tuple):
+        if not (
+            isinstance(position, list)
+            and len(position) == len(shape)
+            and all(_fits(v, k) for v, k in zip(position, shape, strict=True))
+        ):
+            raise InvalidArgument.field("page_token", _NOT_OURS)
+        return tuple(position)
+    if not _fits(position, shape):
+        raise InvalidArgument.field("page_token", _NOT_OURS)
     return position

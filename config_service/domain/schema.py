@@ -5,13 +5,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import re2
 
 from config_service.domain.patterns import MAX_PATTERN_CHARS, MAX_PATTERNS, compile_pattern
-from config_service.domain.values import ConfigValue, ValueType, check_name, check_value
+from config_service.domain.values import (
+    ConfigValue,
+    ValueType,
+    check_name,
+    check_text,
+    check_value,
+)
 from servicekit.errors import FieldViolation
 
 MAX_KEYS = 1000
@@ -186,6 +193,15 @@ def check_schema(schema: ServiceSchema, field: str = "schema") -> list[FieldViol
         return [FieldViolation(f"{field}.keys", f"at most {MAX_KEYS} keys")]
     if sum(1 for key in schema.keys if key.pattern) > MAX_PATTERNS:
         return [FieldViolation(f"{field}.keys", f"at most {MAX_PATTERNS} keys with a pattern")]
+    # Defaults first: one that is no JSON (nested too deep, a NaN) cannot be measured.
+    defaults = [
+        v
+        for i, key in enumerate(schema.keys)
+        if key.default is not None
+        for v in check_value(key.default, f"{field}.keys[{i}].default_value")
+    ]
+    if defaults:
+        return defaults
     if schema.encoded_size() > MAX_SCHEMA_BYTES:
         return [FieldViolation(field, f"at most {MAX_SCHEMA_BYTES // 1024} KiB encoded")]
     seen: set[str] = set()
@@ -197,17 +213,27 @@ def check_schema(schema: ServiceSchema, field: str = "schema") -> list[FieldViol
         seen.add(key.key)
         numeric_or_string = key.type in (ValueType.INT, ValueType.DOUBLE, ValueType.STRING)
         for bound in ("minimum", "maximum"):
-            if getattr(key, bound) is not None and not numeric_or_string:
+            value = getattr(key, bound)
+            if value is not None and not numeric_or_string:
                 problems.append(
                     FieldViolation(f"{at}.{bound}", "only INT, DOUBLE and STRING keys have bounds")
                 )
+            elif value is not None and not math.isfinite(value):
+                # Neither is JSON: the schema could not be stored.
+                problems.append(FieldViolation(f"{at}.{bound}", "must be a finite number"))
         if key.minimum is not None and key.maximum is not None and key.maximum < key.minimum:
             problems.append(FieldViolation(f"{at}.maximum", "must be >= minimum"))
         if key.allowed_values and key.type is not ValueType.STRING:
             problems.append(FieldViolation(f"{at}.allowed_values", "only STRING keys"))
+        # (A NUL in any allowed value is a NUL in them all joined.)
+        problems += check_text("".join(key.allowed_values), f"{at}.allowed_values")
+        problems += check_text(key.description, f"{at}.description")
         if key.pattern:
+            nul = check_text(key.pattern, f"{at}.pattern")
             if key.type is not ValueType.STRING:
                 problems.append(FieldViolation(f"{at}.pattern", "only STRING keys"))
+            elif nul:
+                problems += nul
             elif len(key.pattern) > MAX_PATTERN_CHARS:
                 problems.append(
                     FieldViolation(f"{at}.pattern", f"at most {MAX_PATTERN_CHARS} characters")

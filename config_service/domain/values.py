@@ -139,27 +139,39 @@ class _TooDeep:
 
 TOO_DEEP: Any = _TooDeep()
 
+
+class _NotFinite:
+    """Stands for a JSON value holding a NaN or an infinity: a protobuf ``Value`` can
+    carry them, JSON (and so jsonb) has no form for them."""
+
+    def __repr__(self) -> str:
+        return "<JSON with NaN or infinity>"
+
+
+NOT_FINITE: Any = _NotFinite()
+
 _NUL = "\x00"
 _NUL_MESSAGE = "must not contain NUL (U+0000) characters"
 
 
-def _check_text(text: str, field: str) -> list[FieldViolation]:
-    # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front, clearly.
+def check_text(text: str, field: str) -> list[FieldViolation]:
+    """No NUL in ``text``: PostgreSQL text and jsonb cannot hold U+0000, so it is
+    refused up front, clearly."""
     return [FieldViolation(field, _NUL_MESSAGE)] if _NUL in text else []
 
 
 def _check_json(data: Any, field: str) -> list[FieldViolation]:
     if data is TOO_DEEP:
         return [FieldViolation(field, f"nested deeper than {MAX_JSON_DEPTH} levels")]
-    if isinstance(data, float) and not math.isfinite(data):
+    if data is NOT_FINITE or (isinstance(data, float) and not math.isfinite(data)):
         return [FieldViolation(field, "NaN and infinities are not JSON")]
     if isinstance(data, str):
-        return _check_text(data, field)
+        return check_text(data, field)
     if isinstance(data, Mapping):
         return [
             v
             for key, item in data.items()
-            for v in _check_text(str(key), f"{field}.{key}") + _check_json(item, f"{field}.{key}")
+            for v in check_text(str(key), f"{field}.{key}") + _check_json(item, f"{field}.{key}")
         ]
     if isinstance(data, list | tuple):
         return [v for i, item in enumerate(data) for v in _check_json(item, f"{field}[{i}]")]
@@ -194,7 +206,7 @@ def _check_flag(flag: FeatureFlag, field: str) -> list[FieldViolation]:
             violations.append(FieldViolation(f"{field}.variants[{i}].name", "duplicate name"))
         names.add(variant.name)
         violations += _check_json(variant.value, f"{field}.variants[{i}].value")
-    violations += _check_text(flag.salt, f"{field}.salt")
+    violations += check_text(flag.salt, f"{field}.salt")
     if flag.default_variant and flag.default_variant not in names:
         violations.append(
             FieldViolation(f"{field}.default_variant", "must name one of the variants")
@@ -224,7 +236,7 @@ def check_value(value: ConfigValue | None, field: str = "value") -> list[FieldVi
     at = f"{field}.{ONEOF_FIELDS[value.type]}"
     violations: list[FieldViolation] = []
     if value.type is ValueType.STRING:
-        violations += _check_text(value.data, at)
+        violations += check_text(value.data, at)
     if value.type is ValueType.INT and not INT64_MIN <= value.data <= INT64_MAX:
         violations.append(FieldViolation(at, "out of the int64 range"))
     if value.type is ValueType.DOUBLE and not math.isfinite(value.data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ from config_service.domain.model import SET, Change, Entry, Event, etag
 from config_service.domain.schema import KeySchema, ServiceSchema, StoredSchema
 from config_service.domain.values import (
     MAX_JSON_DEPTH,
+    NOT_FINITE,
     TOO_DEEP,
     ConfigValue,
     FeatureFlag,
@@ -59,9 +61,27 @@ def json_depth(message: struct_pb2.Value) -> int:
     return deepest
 
 
+def json_finite(message: struct_pb2.Value) -> bool:
+    """Whether every number in a JSON value is finite (NaN and infinities have no JSON
+    form), without recursion."""
+    todo = [message]
+    while todo:
+        value = todo.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            return False
+        if kind == "struct_value":
+            todo.extend(value.struct_value.fields.values())
+        elif kind == "list_value":
+            todo.extend(value.list_value.values)
+    return True
+
+
 def _json(message: struct_pb2.Value) -> Any:
     if json_depth(message) > MAX_JSON_DEPTH:
         return TOO_DEEP
+    if not json_finite(message):
+        return NOT_FINITE
     return json_format.MessageToDict(message)
 
 

@@ -180,7 +180,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         raise_if_invalid(violations)
         limit = page_size(request.page_size)
         binding = [request.organization, request.service, request.page_size]
-        after = decode_token(request.page_token, request=binding)
+        after = decode_token(request.page_token, request=binding, shape=(str, str))
         entries, revision = await self._reader.entries(
             request.organization,
             service=request.service,
@@ -248,7 +248,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
             request.end_revision,
             request.page_size,
         ]
-        after = decode_token(request.page_token, request=binding) or [0, -1]
+        after = decode_token(request.page_token, request=binding, shape=(int, int)) or (0, -1)
         changes, fitting = await self._reader.history(
             request.organization,
             service=request.service,
@@ -338,7 +338,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size)
         binding = [request.organization, request.page_size]
-        after = decode_token(request.page_token, request=binding) or ""
+        after = decode_token(request.page_token, request=binding, shape=str) or ""
         schemas = await self._reader.schemas(
             request.organization, after=str(after), limit=limit + 1
         )
@@ -414,7 +414,7 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         selector = Selector.parse(request.label_selector)
         limit = page_size(request.page_size)
         binding = [request.organization, request.label_selector, request.page_size]
-        after = decode_token(request.page_token, request=binding) or ""
+        after = decode_token(request.page_token, request=binding, shape=str) or ""
         clients, revision = await self._clients.list(
             request.organization, selector=selector, after=str(after), limit=limit + 1
         )

@@ -24,6 +24,10 @@ class ClientStatus:
     last_seen: dt.datetime
 
 
+# Kubernetes label values are at most 63 characters (reports are held to it).
+MAX_LABEL_VALUE = 63
+
+
 @dataclasses.dataclass(frozen=True)
 class Selector:
     """A Kubernetes-style equality label selector: ``k=v``, ``k==v``, ``k!=v``, ``k``
@@ -45,6 +49,7 @@ class Selector:
             term = raw.strip()
             if not term:
                 continue
+            value = ""
             if "!=" in term:
                 key, value = (p.strip() for p in term.split("!=", 1))
                 not_equal[key] = value
@@ -57,8 +62,15 @@ class Selector:
             else:
                 key = term
                 present.append(key)
-            if not key or any(c in key for c in " =!") or len(key) > 317:
+            # NUL: no label holds one, and PostgreSQL's jsonb cannot either.
+            if not key or any(c in key for c in " =!\x00") or len(key) > 317:
                 raise InvalidArgument.field(field, f"{raw.strip()!r} is not a selector term")
+            if "\x00" in value or len(value) > MAX_LABEL_VALUE:
+                raise InvalidArgument.field(
+                    field,
+                    f"{raw.strip()!r}: a label value is at most {MAX_LABEL_VALUE} characters, "
+                    "without NUL",
+                )
         return cls(equal, not_equal, present, absent)
 
 

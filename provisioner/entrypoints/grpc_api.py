@@ -115,7 +115,7 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
             raise InvalidArgument.field("state", "not a known state")
         limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         binding = [int(request.state), request.page_size]
-        after = decode_token(request.page_token, request=binding) or ""
+        after = decode_token(request.page_token, request=binding, shape=str) or ""
         envs = await self._tenants.list_environments(
             state=convert.STATES_BY_PROTO.get(request.state), after=str(after), limit=limit + 1
         )
@@ -171,9 +171,7 @@ class ProvisionerServiceServicer(provisioner_service_pb2_grpc.ProvisionerService
         raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         binding = [request.organization, request.page_size]
-        after = decode_token(request.page_token, request=binding) or 0
-        if not isinstance(after, int):
-            raise InvalidArgument.field("page_token", "not a page token of this API")
+        after = decode_token(request.page_token, request=binding, shape=int) or 0
         changes = await self._tenants.quota_history(
             request.organization, after=after, limit=limit + 1
         )

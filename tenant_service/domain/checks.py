@@ -145,7 +145,9 @@ def key_ttl(
     """The lifetime of a service-account key (zero = the default 90 days)."""
     if seconds == 0 and nanos == 0:
         return DEFAULT_KEY_TTL, []
-    ttl = dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
-    if not MIN_KEY_TTL <= ttl <= MAX_KEY_TTL:
+    if not -999_999_999 <= nanos <= 999_999_999:
+        return DEFAULT_KEY_TTL, [FieldViolation(field, "not a Duration: nanos out of range")]
+    # Bounds before the timedelta: seconds reach 2**63, which no timedelta holds.
+    if not MIN_KEY_TTL.total_seconds() <= seconds + nanos / 1e9 <= MAX_KEY_TTL.total_seconds():
         return DEFAULT_KEY_TTL, [FieldViolation(field, "must be between 1 minute and 365 days")]
-    return ttl, []
+    return dt.timedelta(seconds=seconds, microseconds=nanos // 1000), []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,13 +67,24 @@ def _role(value: int, field: str) -> tuple[Role | None, list[FieldViolation]]:
     return role, []
 
 
-def _time_position(position: Any) -> tuple[dt.datetime, str] | None:
+# The position of lists ordered by creation: (ISO time, UUID).
+TIME_ID = (str, str)
+
+
+def _time_position(position: tuple[str, str] | None) -> tuple[dt.datetime, str] | None:
     if position is None:
         return None
+    when, key = position
     try:
-        return dt.datetime.fromisoformat(position[0]), str(position[1])
-    except (TypeError, ValueError, IndexError):
+        moment = dt.datetime.fromisoformat(when)
+        uuid.UUID(key)
+        # A forged offset can push a time past the years a datetime holds in UTC.
+        moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise InvalidArgument.field("page_token", "not a page token of this API") from None
+    if moment.tzinfo is None:
+        raise InvalidArgument.field("page_token", "not a page token of this API")
+    return moment, key
 
 
 class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
@@ -130,9 +142,9 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         self, request: tenant_pb2.LoginRequest, context: Any
     ) -> tenant_pb2.LoginResponse:
         email = checks.normalize_email(request.email)
-        violations = []
-        if not email:
-            violations.append(FieldViolation("email", "required"))
+        # No format check (a wrong address is a failed sign-in like any other), but a
+        # bound and no NUL, which PostgreSQL text cannot hold.
+        violations = checks.check_text(email, "email", max_chars=checks.MAX_EMAIL, required=True)
         if not request.password:
             violations.append(FieldViolation("password", "required"))
         elif len(request.password) > checks.MAX_PASSWORD:
@@ -222,7 +234,7 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         caller = _authorize("ListOrganizations", None)
         limit = page_size(request.page_size, default=DEFAULT_PAGE)
         binding = [caller.subject, request.page_size, request.show_deleted]
-        after = decode_token(request.page_token, request=binding) or ""
+        after = decode_token(request.page_token, request=binding, shape=str) or ""
         orgs = await self._orgs.list_for(
             caller.subject, after=str(after), limit=limit + 1, show_deleted=request.show_deleted
         )
@@ -314,7 +326,7 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size, default=DEFAULT_PAGE)
         binding = [request.organization, request.page_size]
-        after = decode_token(request.page_token, request=binding) or ""
+        after = decode_token(request.page_token, request=binding, shape=str) or ""
         members = await self._tenancy.list_members(
             request.organization, after=str(after), limit=limit + 1
         )
@@ -410,7 +422,7 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size, default=DEFAULT_PAGE)
         binding = [request.organization, request.page_size]
-        after = decode_token(request.page_token, request=binding) or ""
+        after = decode_token(request.page_token, request=binding, shape=str) or ""
         projects = await self._tenancy.list_projects(
             request.organization, after=str(after), limit=limit + 1
         )
@@ -506,7 +518,7 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         raise_if_invalid(violations)
         limit = page_size(request.page_size, default=DEFAULT_PAGE)
         binding = [request.organization, request.project, request.page_size]
-        after = _time_position(decode_token(request.page_token, request=binding))
+        after = _time_position(decode_token(request.page_token, request=binding, shape=TIME_ID))
         notes = await self._tenancy.list_notes(
             request.organization, project_id=request.project, after=after, limit=limit + 1
         )
@@ -603,7 +615,7 @@ class TenantServiceServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         raise_if_invalid(check_organization(request.organization))
         limit = page_size(request.page_size, default=DEFAULT_PAGE)
         binding = [request.organization, request.page_size]
-        after = _time_position(decode_token(request.page_token, request=binding))
+        after = _time_position(decode_token(request.page_token, request=binding, shape=TIME_ID))
         keys = await self._tenancy.list_keys(request.organization, after=after, limit=limit + 1)
         page, token = next_page(
             keys, limit, lambda k: [k.created_at.isoformat(), k.id], request=binding

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from config_service.domain.schema import KeySchema, ServiceSchema, check_schema
 from config_service.domain.values import (
     MAX_FLAG_VARIANTS,
+    NOT_FINITE,
+    TOO_DEEP,
     ConfigValue,
     FeatureFlag,
     FlagVariant,
@@ -13,8 +18,12 @@ from config_service.domain.values import (
     check_name,
     check_value,
 )
+from config_service.service_layer.clients import Selector
 from servicekit.db import quote_identifier, redact_url
+from servicekit.errors import InvalidArgument
+from servicekit.pagination import Shape, decode_token, encode_token
 from servicekit.requests import check_kubernetes_labels, check_organization
+from tenant_service.domain.checks import key_ttl
 
 
 @pytest.mark.parametrize("slug", ["acme\n", "acme\r\n", "\nacme", "ac me", "acme "])
@@ -88,3 +97,67 @@ def test_flag_structures_are_bounded_and_named() -> None:
     too_many = check_value(flag(MAX_FLAG_VARIANTS + 1))
     assert [v.field for v in too_many] == ["value.flag_value.variants"]
     assert [v.field for v in check_value(flag(1, subjects=1001))] == ["value.flag_value.allow_list"]
+
+
+def _forged(position: object, binding: object) -> str:
+    """A page token as a client can forge one: tokens are not signed."""
+    return encode_token(position, request=binding)
+
+
+@pytest.mark.parametrize(
+    ("position", "shape"),
+    [
+        ("a\x00b", str),
+        ("a" * 5000, str),
+        (1, str),
+        (2**70, int),
+        (True, int),
+        ("1", int),
+        ([1, 2, 3], (int, int)),
+        ({"x": 1}, (str, str)),
+        (["2024-01-01T00:00:00+00:00", "\x00"], (str, str)),
+    ],
+)
+def test_a_forged_page_position_is_invalid_argument(position: object, shape: Shape) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        decode_token(_forged(position, ["acme", 1]), request=["acme", 1], shape=shape)
+    assert [v.field for v in refused.value.violations] == ["page_token"]
+
+
+def test_a_page_position_of_the_right_shape_comes_back() -> None:
+    token = _forged(["svc", "key"], [1])
+    assert decode_token(token, request=[1], shape=(str, str)) == ("svc", "key")
+    assert decode_token(_forged(7, [1]), request=[1], shape=int) == 7
+    assert decode_token("", request=[1], shape=str) is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(2**63 - 1, 0), (-(2**63), 0), (3600, 2**31 - 1), (59, 999_999_999)]
+)
+def test_a_key_lifetime_out_of_range_is_a_violation(seconds: int, nanos: int) -> None:
+    _, violations = key_ttl(seconds, nanos)
+    assert [v.field for v in violations] == ["ttl"]
+
+
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [
+        (KeySchema("k", ValueType.STRING, minimum=math.nan), "minimum"),
+        (KeySchema("k", ValueType.STRING, maximum=math.inf), "maximum"),
+        (KeySchema("k", ValueType.STRING, description="a\x00"), "description"),
+        (KeySchema("k", ValueType.STRING, pattern="a\x00"), "pattern"),
+        (KeySchema("k", ValueType.STRING, allowed_values=("x", "\x00")), "allowed_values"),
+        (KeySchema("k", ValueType.JSON, ConfigValue(ValueType.JSON, TOO_DEEP)), "default_value"),
+        (KeySchema("k", ValueType.JSON, ConfigValue(ValueType.JSON, NOT_FINITE)), "default_value"),
+    ],
+)
+def test_a_schema_jsonb_cannot_store_is_refused(key: KeySchema, field: str) -> None:
+    fields = [v.field for v in check_schema(ServiceSchema((key,)))]
+    assert fields
+    assert all(f.startswith(f"schema.keys[0].{field}") for f in fields), fields
+
+
+@pytest.mark.parametrize("selector", ["app=x\x00", "app\x00=x", "app!=" + "x" * 64, "\x00"])
+def test_a_label_selector_no_label_can_match_is_refused(selector: str) -> None:
+    with pytest.raises(InvalidArgument):
+        Selector.parse(selector)
