@@ -695,7 +695,7 @@ async def list_history(
         "  FROM config.history"
         "  WHERE organization = $1"
         "    AND ($2 = '' OR service = $2) AND ($3 = '' OR key = $3)"
-        "    AND revision >= $4 AND ($5 = 0 OR revision <= $5)"
+        "    AND revision >= $4 AND ($5::bigint = 0 OR revision <= $5)"
         "    AND (revision, seq) > ($6, $7)"
         "  WINDOW before AS (ORDER BY revision, seq"
         "                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),"

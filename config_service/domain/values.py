@@ -150,6 +150,22 @@ class _NotFinite:
 
 NOT_FINITE: Any = _NotFinite()
 
+
+class _TooLarge:
+    """Stands for a JSON value whose protobuf form alone is too large for it to fit
+    :data:`MAX_VALUE_BYTES` (it is never converted: converting takes time in
+    proportion to its size, on the event loop)."""
+
+    def __repr__(self) -> str:
+        return "<JSON too large>"
+
+
+TOO_LARGE: Any = _TooLarge()
+# A JSON value's protobuf form takes at most about three times the bytes of its stored
+# JSON form (a list of numbers: 11 bytes an item against 4, "1.0,"), so one whose
+# protobuf form is larger than this cannot fit MAX_VALUE_BYTES.
+MAX_JSON_WIRE_BYTES = 6 * MAX_VALUE_BYTES
+
 _NUL = "\x00"
 _NUL_MESSAGE = "must not contain NUL (U+0000) characters"
 
@@ -163,6 +179,8 @@ def check_text(text: str, field: str) -> list[FieldViolation]:
 def _check_json(data: Any, field: str) -> list[FieldViolation]:
     if data is TOO_DEEP:
         return [FieldViolation(field, f"nested deeper than {MAX_JSON_DEPTH} levels")]
+    if data is TOO_LARGE:
+        return [FieldViolation(field, f"larger than {MAX_VALUE_BYTES} bytes")]
     if data is NOT_FINITE or (isinstance(data, float) and not math.isfinite(data)):
         return [FieldViolation(field, "NaN and infinities are not JSON")]
     if isinstance(data, str):

@@ -15,8 +15,10 @@ from config_service.domain.model import SET, Change, Entry, Event, etag
 from config_service.domain.schema import KeySchema, ServiceSchema, StoredSchema
 from config_service.domain.values import (
     MAX_JSON_DEPTH,
+    MAX_JSON_WIRE_BYTES,
     NOT_FINITE,
     TOO_DEEP,
+    TOO_LARGE,
     ConfigValue,
     FeatureFlag,
     FlagVariant,
@@ -78,6 +80,8 @@ def json_finite(message: struct_pb2.Value) -> bool:
 
 
 def _json(message: struct_pb2.Value) -> Any:
+    if message.ByteSize() > MAX_JSON_WIRE_BYTES:  # measured in C, without converting
+        return TOO_LARGE
     if json_depth(message) > MAX_JSON_DEPTH:
         return TOO_DEEP
     if not json_finite(message):

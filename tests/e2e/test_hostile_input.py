@@ -100,12 +100,7 @@ PAGINATED = frozenset(
 # Bad answers found here whose fix belongs in code that is being changed elsewhere:
 # (RPC, variant) → where and why. An entry whose call answers well again is reported
 # too, so the list never outlives the bug.
-KNOWN: dict[tuple[str, str], str] = {
-    ("ListConfigHistory", "end_revision=9223372036854775807"): (
-        "config_service/adapters/postgres.py list_history: '$5 = 0' makes PostgreSQL type "
-        "$5 (end_revision) int4, so an end_revision past 2**31 - 1 fails; it needs $5::bigint"
-    ),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 # --- the world the requests act in ----------------------------------------------------

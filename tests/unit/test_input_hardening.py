@@ -161,3 +161,28 @@ def test_a_schema_jsonb_cannot_store_is_refused(key: KeySchema, field: str) -> N
 def test_a_label_selector_no_label_can_match_is_refused(selector: str) -> None:
     with pytest.raises(InvalidArgument):
         Selector.parse(selector)
+
+
+def test_a_json_value_too_large_on_the_wire_is_refused_unconverted() -> None:
+    from agentready.config.v1 import config_pb2
+    from google.protobuf import struct_pb2
+
+    from config_service.domain.values import MAX_VALUE_BYTES, TOO_LARGE, check_value
+    from config_service.entrypoints.convert import value_from_proto
+
+    items = struct_pb2.ListValue()
+    items.values.extend(struct_pb2.Value(number_value=1) for _ in range(40_000))
+    message = config_pb2.Value(json_value=struct_pb2.Value(list_value=items))
+    value = value_from_proto(message)
+    assert value is not None
+    assert value.data is TOO_LARGE
+    violations = check_value(value)
+    assert [(v.field, v.description) for v in violations] == [
+        ("value.json_value", f"larger than {MAX_VALUE_BYTES} bytes")
+    ]
+    # Just under the limit in JSON ("1.0," an item) is still converted and accepted.
+    fits = struct_pb2.ListValue()
+    fits.values.extend(struct_pb2.Value(number_value=1) for _ in range(MAX_VALUE_BYTES // 4 - 100))
+    value = value_from_proto(config_pb2.Value(json_value=struct_pb2.Value(list_value=fits)))
+    assert value is not None
+    assert check_value(value) == []
