@@ -103,8 +103,10 @@ class ConfigValue:
         return cls(kind, data)
 
     def encoded_size(self) -> int:
-        """Bytes of the stored form; bounded by :data:`MAX_VALUE_BYTES`."""
-        return len(json.dumps(self.to_json(), separators=(",", ":")).encode())
+        """Bytes of the stored form, as compact JSON in UTF-8; bounded by
+        :data:`MAX_VALUE_BYTES`. (Characters outside ASCII count as their UTF-8 bytes,
+        not as ``\\uXXXX`` escapes six bytes long.)"""
+        return len(json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def check_name(name: str, field: str) -> list[FieldViolation]:

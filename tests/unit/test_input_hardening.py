@@ -186,3 +186,17 @@ def test_a_json_value_too_large_on_the_wire_is_refused_unconverted() -> None:
     value = value_from_proto(config_pb2.Value(json_value=struct_pb2.Value(list_value=fits)))
     assert value is not None
     assert check_value(value) == []
+
+
+def test_the_value_limit_counts_text_in_utf8_bytes_not_json_escapes() -> None:
+    from config_service.domain.values import MAX_VALUE_BYTES
+
+    # 60,000 bytes of UTF-8 (30,000 two-byte characters): under 64 KiB, accepted; as
+    # \u00e9 escapes it would have counted 180,000 bytes and been refused.
+    accented = ConfigValue(ValueType.STRING, "é" * 30_000)
+    assert accented.encoded_size() < MAX_VALUE_BYTES
+    assert check_value(accented) == []
+    too_long = ConfigValue(ValueType.STRING, "é" * 33_000)
+    assert [v.description for v in check_value(too_long)] == [
+        f"larger than {MAX_VALUE_BYTES} bytes"
+    ]

@@ -51,8 +51,8 @@ class ValueType(_ValueType, metaclass=_ValueTypeEnumTypeWrapper):
 
     Conventions used throughout this package:
     - `organization` is always an organization's slug: a DNS-1123 label of 3-40
-      characters (lowercase letters, digits and '-'), permanent and never reused, e.g.
-      "acme".
+      characters (lowercase letters, digits and '-', starting with a letter and ending
+      with a letter or digit), permanent and never reused, e.g. "acme".
     - A configuration key is addressed as (organization, service, key), e.g.
       ("acme", "ai", "threshold"). `service` and `key` are lowercase names of at most
       63 characters matching `[a-z0-9]([a-z0-9._-]*[a-z0-9])?`.
@@ -116,7 +116,8 @@ Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 @_typing.final
 class Value(_message.Message):
     """A configuration value. Exactly one case of `kind` must be set in writes (else
-    INVALID_ARGUMENT). The serialized value is at most 64 KiB.
+    INVALID_ARGUMENT). The value is at most 64 KiB, measured as compact JSON in UTF-8
+    (else INVALID_ARGUMENT); JSON values nest at most 32 levels.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
