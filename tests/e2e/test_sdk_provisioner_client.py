@@ -105,7 +105,11 @@ async def test_the_sync_faces(servers: Servers, keys: Keys) -> None:
             revisions = [config.set("ai", f"k{i}", i).revision for i in range(3)]
             value = config.get_value("ai", "k2")
             keys_listed = [e.key for e in config.list_configs("ai")]
+            usage = config.usage()
+            revision, clients = config.clients()
         assert history
+        assert (usage.keys, usage.revision) == (3, 3)
+        assert (revision, clients) == (3, [])
         return state, revisions, value, keys_listed
 
     state, revisions, value, keys_listed = await asyncio.to_thread(in_plain_code)

@@ -281,7 +281,9 @@ class ConfigClient(ServiceClient):
 
 class SyncConfigClient(SyncFace[ConfigClient]):
     """:class:`ConfigClient` for code without an event loop: the same methods,
-    blocking, run on a background thread (listings return plain iterators).
+    blocking, run on a background thread (listings return plain iterators), but for
+    :meth:`~ConfigClient.watcher` (code without an event loop uses
+    :class:`~agentready.ConfigWatcher`).
 
     Takes the same arguments as :class:`ConfigClient` (except ``channel``).
     """
@@ -311,4 +313,6 @@ class SyncConfigClient(SyncFace[ConfigClient]):
     list_configs = blocking_iter(ConfigClient.entries)
     history = blocking_iter(ConfigClient.history)
     list_history = blocking_iter(ConfigClient.history)
+    clients = blocking(ConfigClient.clients)
+    usage = blocking(ConfigClient.usage)
     rollback = blocking(ConfigClient.rollback)
