@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 
 from config_service.app import SPEC as CONFIG
@@ -174,3 +175,31 @@ def test_every_dashboard_panel_uses_metrics_the_servers_export() -> None:
         if c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
     ]
     assert json.loads(config_map["data"]["agentready.json"]) == dashboard
+
+
+# Values the servers give the labels that alerts and panels select on (servicekit.rpc:
+# the RPC's kind; grpc.StatusCode names).
+LABEL_VALUES = {
+    "grpc_type": {"unary", "client_stream", "server_stream", "bidi_stream"},
+    "grpc_code": {code.name for code in grpc.StatusCode},
+}
+
+
+def selected_values(expr: str) -> list[tuple[str, str]]:
+    """(label, value) of every equality or regex matcher on the labels above."""
+    found = []
+    for label, values in re.findall(r"\b(grpc_type|grpc_code)\s*[!=]~?\s*\"([^\"]*)\"", expr):
+        found += [(label, value) for value in values.split("|")]
+    return found
+
+
+def test_alerts_and_panels_select_label_values_the_servers_emit() -> None:
+    rule = named(render("base"), "PrometheusRule", "agentready")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    path = REPO_ROOT / "deploy" / "base" / "monitoring" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    selected = [pair for expr in exprs for pair in selected_values(expr)]
+    assert ("grpc_type", "unary") in selected
+    wrong = {(label, value) for label, value in selected if value not in LABEL_VALUES[label]}
+    assert not wrong, f"selectors on label values no server emits: {wrong}"
