@@ -29,7 +29,8 @@ class FlagResult:
         variant: the variant's name (``default_variant`` when off; may be empty).
         value: the variant's payload as plain JSON, or None.
         reason: why: ``disabled``, ``denied``, ``allowed``, ``rollout`` (in the
-            rollout) or ``excluded`` (outside it).
+            rollout) or ``excluded`` (outside it); ``missing`` from
+            :meth:`~agentready.ConfigWatcher.flag` when no flag is set at that key.
     """
 
     enabled: bool

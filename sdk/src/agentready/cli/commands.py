@@ -82,7 +82,7 @@ def cli(
     Settings come from flags, then ARKCTL_* variables, then the config file
     ($XDG_CONFIG_HOME/arkctl/config.yaml: tenant_address, config_address,
     provisioner_address, organization, output, token). `arkctl login` keeps tokens in
-    credentials.json beside it (mode 0600).
+    $XDG_CONFIG_HOME/arkctl/credentials.json (mode 0600), whatever --config-file says.
 
     Exit codes: 0 ok, 1 other failure, 2 invalid input, 3 not found, 4 permission
     denied, 5 not authenticated, 6 unavailable, 7 conflict, 8 rollout incomplete, 130 interrupted.

@@ -93,9 +93,12 @@ class ProvisionerClient(ServiceClient):
                 for the defaults.
 
         Raises:
-            FailedPrecondition: a quota differing from the current one, or the
-                environment is being deleted.
+            FailedPrecondition: a quota differing from the current one, the
+                environment is being deleted, or a namespace ``org-<slug>`` that the
+                Provisioner did not make exists already.
             InvalidArgument: a bad quantity or label.
+            PermissionDenied: a quota above the platform's maximum, from a token that is
+                not an operator's or a platform service's.
         """
         request = provisioner_pb2.ProvisionTenantRequest(
             organization=organization,
@@ -145,7 +148,9 @@ class ProvisionerClient(ServiceClient):
         Raises:
             NotFound: never provisioned.
             Conflict: ``etag`` did not match.
-            InvalidArgument: a bad quantity, or above the platform's maximum.
+            InvalidArgument: a bad quantity.
+            PermissionDenied: above the platform's maximum, from a token that is not an
+                operator's or a platform service's.
         """
         given = {"cpu": cpu, "memory": memory, "storage": storage}
         paths = [name for name, value in given.items() if value is not None]

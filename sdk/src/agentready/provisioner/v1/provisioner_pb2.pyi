@@ -30,8 +30,9 @@ class Quota(_message.Message):
 
     Conventions used throughout this package:
     - `organization` is always an organization's slug: a DNS-1123 label of 3-40
-      characters (lowercase letters, digits and '-'), permanent and never reused, e.g.
-      "acme". Its environment lives in the namespace "org-<slug>".
+      characters (lowercase letters, digits and '-', starting with a letter and ending
+      with a letter or digit), permanent and never reused, e.g. "acme". Its environment
+      lives in the namespace "org-<slug>".
     - "Output only." fields are set by the server and ignored in requests.
     - `etag` is opaque and changes on every change of the environment's desired spec
       or status; a mismatch is ABORTED (ErrorInfo reason "ETAG_MISMATCH"); an empty
@@ -159,9 +160,10 @@ class TenantEnvironment(_message.Message):
     """The isolated environment of one organization: its namespace "org-<slug>" labelled
     with the organization and Pod Security "restricted", a RoleBinding of the owners
     to "admin", a ResourceQuota, a LimitRange with container defaults, and a
-    default-deny NetworkPolicy that allows same-namespace traffic and DNS egress. The
-    Provisioner re-applies this desired state periodically, so objects changed or
-    deleted by hand come back.
+    default-deny NetworkPolicy that allows same-namespace traffic, DNS egress and
+    egress to the platform services the server is configured with (ConfigService by
+    default). The Provisioner re-applies this desired state periodically, so objects
+    changed or deleted by hand come back.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -344,8 +346,9 @@ class TenantEnvironment(_message.Message):
 
     @_builtins.property
     def owners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Subjects bound to the "admin" ClusterRole in the namespace (user ids or other
-        subject names as they appear in tokens).
+        """Kubernetes user names bound to the "admin" ClusterRole in the namespace, as the
+        cluster's authentication names its users (TenantService's sagas send the owners'
+        emails).
         """
 
     @_builtins.property
@@ -502,7 +505,10 @@ class ProvisionTenantRequest(_message.Message):
     """Optional. UUID making retries idempotent (AIP-155)."""
     @_builtins.property
     def owners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Required. At least one subject to bind to "admin" in the namespace."""
+        """Required. 1-100 Kubernetes user names to bind to "admin" in the namespace: up to
+        253 letters, digits or . _ @ + : -, starting with a letter or digit, never a
+        "system:" identity.
+        """
 
     @_builtins.property
     def quota(self) -> Global___Quota:

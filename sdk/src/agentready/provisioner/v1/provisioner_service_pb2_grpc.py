@@ -39,7 +39,10 @@ class ProvisionerServiceStub:
     "provisioner:write" for writes (user tokens: role admin for writes);
     ListTenantEnvironments, which spans organizations, needs an operator token with
     "provisioner:read" that is not scoped to one organization. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "MISSING_SCOPE" or, for
+    ListTenantEnvironments, "OPERATOR_REQUIRED"). A quota above the platform's maximum
+    (PROVISIONER_MAX_QUOTA_*) needs an operator or platform-service token: from any
+    other it is PERMISSION_DENIED (reason "QUOTA_ABOVE_MAXIMUM").
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -113,7 +116,10 @@ class ProvisionerServiceServicer:
     "provisioner:write" for writes (user tokens: role admin for writes);
     ListTenantEnvironments, which spans organizations, needs an operator token with
     "provisioner:read" that is not scoped to one organization. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "MISSING_SCOPE" or, for
+    ListTenantEnvironments, "OPERATOR_REQUIRED"). A quota above the platform's maximum
+    (PROVISIONER_MAX_QUOTA_*) needs an operator or platform-service token: from any
+    other it is PERMISSION_DENIED (reason "QUOTA_ABOVE_MAXIMUM").
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -136,7 +142,9 @@ class ProvisionerServiceServicer:
         organization: for an existing environment the call replaces `owners` and
         `labels` with the given ones and returns it; a `quota` that differs from the
         current one is FAILED_PRECONDITION (change it with UpdateTenantQuota, which keeps
-        the history). FAILED_PRECONDITION when the environment is DELETING or DELETED.
+        the history). FAILED_PRECONDITION when the environment is DELETING or DELETED, or
+        when a namespace "org-<slug>" exists without the Provisioner's labels (reason
+        "NAMESPACE_NOT_OURS"; nothing is recorded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,7 +264,10 @@ class ProvisionerService:
     "provisioner:write" for writes (user tokens: role admin for writes);
     ListTenantEnvironments, which spans organizations, needs an operator token with
     "provisioner:read" that is not scoped to one organization. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "MISSING_SCOPE" or, for
+    ListTenantEnvironments, "OPERATOR_REQUIRED"). A quota above the platform's maximum
+    (PROVISIONER_MAX_QUOTA_*) needs an operator or platform-service token: from any
+    other it is PERMISSION_DENIED (reason "QUOTA_ABOVE_MAXIMUM").
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").

@@ -40,7 +40,10 @@ class ProvisionerServiceStub:
     "provisioner:write" for writes (user tokens: role admin for writes);
     ListTenantEnvironments, which spans organizations, needs an operator token with
     "provisioner:read" that is not scoped to one organization. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "MISSING_SCOPE" or, for
+    ListTenantEnvironments, "OPERATOR_REQUIRED"). A quota above the platform's maximum
+    (PROVISIONER_MAX_QUOTA_*) needs an operator or platform-service token: from any
+    other it is PERMISSION_DENIED (reason "QUOTA_ABOVE_MAXIMUM").
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -67,7 +70,9 @@ class ProvisionerServiceStub:
     organization: for an existing environment the call replaces `owners` and
     `labels` with the given ones and returns it; a `quota` that differs from the
     current one is FAILED_PRECONDITION (change it with UpdateTenantQuota, which keeps
-    the history). FAILED_PRECONDITION when the environment is DELETING or DELETED.
+    the history). FAILED_PRECONDITION when the environment is DELETING or DELETED, or
+    when a namespace "org-<slug>" exists without the Provisioner's labels (reason
+    "NAMESPACE_NOT_OURS"; nothing is recorded).
     """
     GetTenantEnvironment: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.GetTenantEnvironmentRequest, _provisioner_pb2.TenantEnvironment]
     """Returns the environment of an organization with its observed status. NOT_FOUND
@@ -114,7 +119,10 @@ class ProvisionerServiceAsyncStub(ProvisionerServiceStub):
     "provisioner:write" for writes (user tokens: role admin for writes);
     ListTenantEnvironments, which spans organizations, needs an operator token with
     "provisioner:read" that is not scoped to one organization. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "MISSING_SCOPE" or, for
+    ListTenantEnvironments, "OPERATOR_REQUIRED"). A quota above the platform's maximum
+    (PROVISIONER_MAX_QUOTA_*) needs an operator or platform-service token: from any
+    other it is PERMISSION_DENIED (reason "QUOTA_ABOVE_MAXIMUM").
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -138,7 +146,9 @@ class ProvisionerServiceAsyncStub(ProvisionerServiceStub):
     organization: for an existing environment the call replaces `owners` and
     `labels` with the given ones and returns it; a `quota` that differs from the
     current one is FAILED_PRECONDITION (change it with UpdateTenantQuota, which keeps
-    the history). FAILED_PRECONDITION when the environment is DELETING or DELETED.
+    the history). FAILED_PRECONDITION when the environment is DELETING or DELETED, or
+    when a namespace "org-<slug>" exists without the Provisioner's labels (reason
+    "NAMESPACE_NOT_OURS"; nothing is recorded).
     """
     GetTenantEnvironment: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.GetTenantEnvironmentRequest, _provisioner_pb2.TenantEnvironment]  # type: ignore[assignment]
     """Returns the environment of an organization with its observed status. NOT_FOUND
@@ -184,7 +194,10 @@ class ProvisionerServiceServicer(metaclass=_abc_1.ABCMeta):
     "provisioner:write" for writes (user tokens: role admin for writes);
     ListTenantEnvironments, which spans organizations, needs an operator token with
     "provisioner:read" that is not scoped to one organization. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "MISSING_SCOPE" or, for
+    ListTenantEnvironments, "OPERATOR_REQUIRED"). A quota above the platform's maximum
+    (PROVISIONER_MAX_QUOTA_*) needs an operator or platform-service token: from any
+    other it is PERMISSION_DENIED (reason "QUOTA_ABOVE_MAXIMUM").
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -212,7 +225,9 @@ class ProvisionerServiceServicer(metaclass=_abc_1.ABCMeta):
         organization: for an existing environment the call replaces `owners` and
         `labels` with the given ones and returns it; a `quota` that differs from the
         current one is FAILED_PRECONDITION (change it with UpdateTenantQuota, which keeps
-        the history). FAILED_PRECONDITION when the environment is DELETING or DELETED.
+        the history). FAILED_PRECONDITION when the environment is DELETING or DELETED, or
+        when a namespace "org-<slug>" exists without the Provisioner's labels (reason
+        "NAMESPACE_NOT_OURS"; nothing is recorded).
         """
 
     @_abc_1.abstractmethod

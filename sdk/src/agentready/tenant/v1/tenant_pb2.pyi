@@ -53,8 +53,8 @@ class Role(_Role, metaclass=_RoleEnumTypeWrapper):
       3-40 characters (lowercase letters, digits and '-', starting with a letter and
       ending with a letter or digit), permanent and never reused, e.g. "acme".
     - "Output only." fields are set by the server and ignored in requests.
-    - "Immutable." fields are set at creation and never change; a different value in
-      an update is INVALID_ARGUMENT.
+    - "Immutable." fields are set at creation and never change: an update ignores a
+      value given for one, and an `update_mask` naming one is INVALID_ARGUMENT.
     - `etag` is opaque and changes on every write. Sending it back in an Update or
       Delete makes the write conditional: a mismatch is ABORTED (ErrorInfo reason
       "ETAG_MISMATCH"); an empty etag makes the write unconditional.

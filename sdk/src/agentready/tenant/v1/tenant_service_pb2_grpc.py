@@ -37,7 +37,9 @@ class TenantServiceStub:
     RefreshToken): a user token whose role is at least the one given per RPC (roles are
     ordered owner > admin > member > viewer), or a service-account token with scope
     "org:read" for reads and "org:write" for writes. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "ROLE_TOO_LOW",
+    "MISSING_SCOPE", or "USER_TOKEN_REQUIRED" for a service-account or platform token
+    on an RPC that only a user token may call).
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -215,7 +217,9 @@ class TenantServiceServicer:
     RefreshToken): a user token whose role is at least the one given per RPC (roles are
     ordered owner > admin > member > viewer), or a service-account token with scope
     "org:read" for reads and "org:write" for writes. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "ROLE_TOO_LOW",
+    "MISSING_SCOPE", or "USER_TOKEN_REQUIRED" for a service-account or platform token
+    on an RPC that only a user token may call).
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
@@ -639,7 +643,9 @@ class TenantService:
     RefreshToken): a user token whose role is at least the one given per RPC (roles are
     ordered owner > admin > member > viewer), or a service-account token with scope
     "org:read" for reads and "org:write" for writes. Anything else is
-    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION" or "MISSING_SCOPE").
+    PERMISSION_DENIED (ErrorInfo reason "WRONG_ORGANIZATION", "ROLE_TOO_LOW",
+    "MISSING_SCOPE", or "USER_TOKEN_REQUIRED" for a service-account or platform token
+    on an RPC that only a user token may call).
 
     Errors are google.rpc.Status (AIP-193) with a google.rpc.ErrorInfo detail (domain
     "agentready.dev", an UPPER_SNAKE_CASE `reason`, and metadata such as "organization").
