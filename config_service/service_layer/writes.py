@@ -5,9 +5,8 @@ A value write is optimistic first: it reads what it needs without a lock (one
 statement), decides in Python, and commits in a second statement that writes only if
 nothing the decision rests on changed meanwhile (see ``config.commit_write`` in the
 migrations): two round trips instead of four. A write that loses that race reads
-again; one that loses it :data:`OPTIMISTIC_ATTEMPTS` times takes the organization's
-lock for its read, decision and write, as a rollback always does, so a busy
-organization's writes still finish.
+again with the organization's lock held for its read, decision and write, as a
+rollback always does, so a busy organization's writes still finish.
 """
 
 from __future__ import annotations
@@ -51,8 +50,10 @@ from servicekit.requests import RequestKey
 # Called after a commit with the revision it made: fans the change out.
 Notify = Callable[[Event], None]
 
-# Optimistic tries of a value write before it takes the organization's lock.
-OPTIMISTIC_ATTEMPTS = 2
+# Optimistic tries of a value write before it takes the organization's lock. One: a
+# write that lost the race once is likely on a busy organization, where reading again
+# without the lock would likely lose again.
+OPTIMISTIC_ATTEMPTS = 1
 
 
 @dataclasses.dataclass(frozen=True)
