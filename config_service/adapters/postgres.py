@@ -123,25 +123,7 @@ async def begin_write(
     """Enters the organization, locks its revision and reads what the write needs (and
     what an earlier attempt with ``request_id`` recorded), in one round trip
     (``config.begin_write``)."""
-    row = await conn.fetchrow(
-        "SELECT * FROM config.begin_write($1, $2::text[], $3::text[], $4::text[], $5)",
-        organization,
-        [service for service, _ in keys],
-        [key for _, key in keys],
-        sorted(set(schema_services)),
-        request_id,
-    )
-    assert row is not None
-    entries = {(e["service"], e["key"]): Entry.from_json(e) for e in row["entries"]}
-    schemas = {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()}
-    found = row["request"]
-    return WriteState(
-        int(row["revision"]),
-        int(row["compact_revision"]),
-        entries,
-        schemas,
-        (found["method"], found["fingerprint"], found["response"]) if found else None,
-    )
+    return await _write_state(conn, "begin_write", organization, keys, schema_services, request_id)
 
 
 async def read_for_write(
@@ -152,12 +134,25 @@ async def read_for_write(
     *,
     request_id: str = "",
 ) -> WriteState:
-    """What :func:`begin_write` reads, without a lock and in a statement that is a
-    transaction of its own (``config.read_for_write``; on a connection with no
-    transaction open): the first half of an optimistic write, which
-    :func:`commit_write` finishes."""
+    """What :func:`begin_write` reads (and the versions of the schemas), without a
+    lock and in a statement that is a transaction of its own
+    (``config.read_for_write``; on a connection with no transaction open): the first
+    half of an optimistic write, which :func:`commit_write` finishes."""
+    return await _write_state(
+        conn, "read_for_write", organization, keys, schema_services, request_id
+    )
+
+
+async def _write_state(
+    conn: asyncpg.Connection,
+    function: str,
+    organization: str,
+    keys: Sequence[tuple[str, str]],
+    schema_services: Iterable[str],
+    request_id: str,
+) -> WriteState:
     row = await conn.fetchrow(
-        "SELECT * FROM config.read_for_write($1, $2::text[], $3::text[], $4::text[], $5)",
+        f"SELECT * FROM config.{function}($1, $2::text[], $3::text[], $4::text[], $5)",  # noqa: S608 - our function names
         organization,
         [service for service, _ in keys],
         [key for _, key in keys],
@@ -165,16 +160,14 @@ async def read_for_write(
         request_id,
     )
     assert row is not None
-    entries = {(e["service"], e["key"]): Entry.from_json(e) for e in row["entries"]}
-    schemas = {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()}
     found = row["request"]
     return WriteState(
         int(row["revision"]),
         int(row["compact_revision"]),
-        entries,
-        schemas,
+        {(e["service"], e["key"]): Entry.from_json(e) for e in row["entries"]},
+        {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()},
         (found["method"], found["fingerprint"], found["response"]) if found else None,
-        {name: int(version) for name, version in row["schema_versions"].items()},
+        {name: int(version) for name, version in (row.get("schema_versions") or {}).items()},
     )
 
 
@@ -231,7 +224,7 @@ async def commit_write(
 
 async def lock_organization(conn: asyncpg.Connection, organization: str) -> None:
     """Locks the organization's revision row until commit (creating it on first use),
-    as :func:`begin_write` does for every value write."""
+    as every value write does (:func:`commit_write`, :func:`begin_write`)."""
     await conn.execute(
         "INSERT INTO config.organizations (organization) VALUES ($1) "
         "ON CONFLICT (organization) DO NOTHING",
@@ -303,24 +296,6 @@ def _entry(row: asyncpg.Record) -> Entry:
         updated_at=row["updated_at"],
         updated_by=row["updated_by"],
     )
-
-
-async def load_entries(
-    conn: asyncpg.Connection, organization: str, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], Entry]:
-    """The current entries of the given (service, key) pairs that are set."""
-    services, names = zip(*keys, strict=True) if keys else ((), ())
-    rows = await conn.fetch(
-        "SELECT e.service, e.key, e.value, e.revision, e.updated_at, e.updated_by "
-        "FROM config.entries e "
-        "JOIN unnest($2::text[], $3::text[]) AS k(service, key) "
-        "  ON e.service = k.service AND e.key = k.key "
-        "WHERE e.organization = $1",
-        organization,
-        list(services),
-        list(names),
-    )
-    return {(row["service"], row["key"]): _entry(row) for row in rows}
 
 
 async def read_entry(
@@ -405,19 +380,6 @@ async def list_entries(
     return [_entry(row) for row in rows]
 
 
-async def load_schemas(
-    conn: asyncpg.Connection, organization: str, services: Iterable[str]
-) -> dict[str, ServiceSchema]:
-    """The schemas of the given services that have one."""
-    rows = await conn.fetch(
-        "SELECT service, schema FROM config.schemas "
-        "WHERE organization = $1 AND service = ANY($2::text[])",
-        organization,
-        list(set(services)),
-    )
-    return {row["service"]: ServiceSchema.from_json(row["schema"]) for row in rows}
-
-
 @dataclasses.dataclass(frozen=True)
 class Usage:
     """What an organization stores: its keys and their size (names and values)."""
@@ -453,87 +415,6 @@ def _change_rows(changes: Sequence[Change]) -> list[dict[str, Any]]:
         }
         for c in changes
     ]
-
-
-async def write_commit(
-    conn: asyncpg.Connection,
-    organization: str,
-    revision: int,
-    changes: Sequence[Change],
-    now: dt.datetime,
-    request: RequestRecord | None = None,
-) -> tuple[Usage, Usage]:
-    """Writes one revision in one statement: the revision bump, the values, history,
-    the organization's usage and the request id's record, if any. Returns (usage after
-    the write, what it added).
-
-    The changes travel as one JSON array (cheaper to encode than a dozen arrays).
-    """
-    rows = _change_rows(changes)
-    row = await conn.fetchrow(
-        """
-        WITH c AS (
-            SELECT * FROM jsonb_to_recordset($4::jsonb) AS c(
-                seq int, service text, key text, change_type text, old_value jsonb,
-                new_value jsonb, actor text, reason text, request_id text)
-        ), delta AS (
-            SELECT
-                coalesce(sum(CASE WHEN c.change_type = 'delete' THEN -1
-                                  WHEN c.old_value IS NULL THEN 1 ELSE 0 END), 0) AS keys,
-                coalesce(sum(
-                    CASE WHEN c.new_value IS NULL THEN 0
-                         ELSE config.entry_bytes(c.service, c.key, c.new_value) END
-                  - CASE WHEN c.old_value IS NULL THEN 0
-                         ELSE config.entry_bytes(c.service, c.key, c.old_value) END), 0) AS bytes
-            FROM c
-        ), bump AS (
-            UPDATE config.organizations o
-               SET revision = $2, updated_at = $3,
-                   key_count = o.key_count + delta.keys,
-                   stored_bytes = o.stored_bytes + delta.bytes
-              FROM delta
-             WHERE o.organization = $1
-            RETURNING o.key_count, o.stored_bytes, delta.keys, delta.bytes
-        ), upserted AS (
-            INSERT INTO config.entries
-                (organization, service, key, value, revision, updated_at, updated_by)
-            SELECT $1, c.service, c.key, c.new_value, $2, $3, c.actor
-            FROM c WHERE c.change_type = 'set'
-            ON CONFLICT (organization, service, key) DO UPDATE
-                SET value = EXCLUDED.value, revision = EXCLUDED.revision,
-                    updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by
-        ), deleted AS (
-            DELETE FROM config.entries e USING c
-            WHERE c.change_type = 'delete' AND e.organization = $1
-              AND e.service = c.service AND e.key = c.key
-        ), logged AS (
-            INSERT INTO config.history
-                (organization, revision, seq, service, key, change_type, old_value,
-                 new_value, actor, reason, request_id, created_at)
-            SELECT $1, $2, c.seq, c.service, c.key, c.change_type, c.old_value, c.new_value,
-                   c.actor, c.reason, c.request_id, $3
-            FROM c
-        ), recorded AS (
-            INSERT INTO config.requests
-                (organization, request_id, method, fingerprint, response)
-            SELECT $1, $5, $6, $7, $8::jsonb WHERE $5 <> ''
-        )
-        SELECT * FROM bump
-        """,
-        organization,
-        revision,
-        now,
-        rows,
-        request.request_id if request else "",
-        request.method if request else "",
-        request.fingerprint if request else "",
-        request.result if request else None,
-    )
-    assert row is not None
-    return (
-        Usage(int(row["key_count"]), int(row["stored_bytes"])),
-        Usage(int(row["keys"]), int(row["bytes"])),
-    )
 
 
 async def read_usage(conn: asyncpg.Connection, organization: str) -> tuple[Usage, int]:

@@ -110,7 +110,6 @@ class ConfigWriter:
         keys = [(m.service, m.key) for m in mutations]
         services = {m.service for m in mutations if m.value is not None}
         request_id = request.request_id if request else ""
-        limits = pg.Usage(self.limits.keys, self.limits.bytes)
         for _ in range(OPTIMISTIC_ATTEMPTS):
             async with self._store.single() as conn:
                 state = await pg.read_for_write(
@@ -119,30 +118,23 @@ class ConfigWriter:
                 replay = _replay(state, request)
                 if replay is not None:
                     return replay
-                plan = self._plan(
-                    organization, state, mutations, actor=actor, reason=reason, request=request
-                )
-                if not plan.changes and plan.record is None:
-                    return plan.commit  # a no-op, as of the read: nothing to write
-                outcome, usage, added = await pg.commit_write(
+                outcome, commit = await self._write(
                     conn,
                     organization,
                     state,
-                    plan.changes,
-                    plan.now,
-                    limits=limits,
-                    request=plan.record,
+                    mutations,
+                    actor=actor,
+                    reason=reason,
+                    request=request,
                 )
             if outcome is pg.Committed.OK:
-                if plan.changes:
-                    metrics.show_usage(organization, usage.keys, usage.bytes)
-                return self._announce(organization, plan.commit)
-            if outcome is pg.Committed.LIMIT:
-                self._check_limits(organization, usage, added)
-                raise AssertionError(f"a write within the limits was refused: {usage}")
+                return self._announce(organization, commit)
             metrics.WRITE_CONFLICTS.inc()
         async with self._store.write(organization) as conn:
-            state = await pg.begin_write(conn, organization, keys, services, request_id=request_id)
+            await pg.begin_write(conn, organization, [], [])  # the organization's lock
+            state = await pg.read_for_write(
+                conn, organization, keys, services, request_id=request_id
+            )
             replay = _replay(state, request)
             if replay is not None:
                 return replay
@@ -200,14 +192,11 @@ class ConfigWriter:
                 )
                 for c in firsts
             ]
-            keys = [(m.service, m.key) for m in mutations]
-            state = pg.WriteState(
-                revision,
-                compacted,
-                await pg.load_entries(conn, organization, keys),
-                await pg.load_schemas(
-                    conn, organization, {m.service for m in mutations if m.value is not None}
-                ),
+            state = await pg.read_for_write(
+                conn,
+                organization,
+                [(m.service, m.key) for m in mutations],
+                {m.service for m in mutations if m.value is not None},
             )
             commit = await self._commit_locked(
                 conn, organization, state, mutations, actor=actor, reason=reason, request=request
@@ -233,27 +222,55 @@ class ConfigWriter:
         reason: str,
         request: RequestKey | None,
     ) -> Commit:
-        """Applies the mutations under the lock and records the request's result (in
-        the write's own statement when there is one)."""
+        """:meth:`_write` with the organization's lock held since ``state`` was read,
+        so nothing it was decided on can have changed."""
+        outcome, commit = await self._write(
+            conn, organization, state, mutations, actor=actor, reason=reason, request=request
+        )
+        if outcome is not pg.Committed.OK:
+            raise AssertionError(f"{organization!r} changed under its lock")
+        return commit
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        organization: str,
+        state: pg.WriteState,
+        mutations: Sequence[Mutation],
+        *,
+        actor: str,
+        reason: str,
+        request: RequestKey | None,
+    ) -> tuple[pg.Committed, Commit]:
+        """Decides the write on ``state`` and commits it with the request's record, in
+        one statement (``config.commit_write``), unless what it was decided on changed
+        since it was read (CONFLICT: nothing written). A no-op without a request id
+        writes nothing at all.
+
+        Raises:
+            Aborted, NotFound, InvalidArgument: as :meth:`apply` says.
+            ResourceExhausted: the write would take the organization past a limit.
+        """
         plan = self._plan(
             organization, state, mutations, actor=actor, reason=reason, request=request
         )
-        if plan.changes:
-            usage, added = await pg.write_commit(
-                conn, organization, plan.commit.revision, plan.changes, plan.now, plan.record
-            )
-            self._check_limits(organization, usage, added)  # raising rolls the write back
+        if not plan.changes and plan.record is None:
+            return pg.Committed.OK, plan.commit
+        outcome, usage, added = await pg.commit_write(
+            conn,
+            organization,
+            state,
+            plan.changes,
+            plan.now,
+            limits=pg.Usage(self.limits.keys, self.limits.bytes),
+            request=plan.record,
+        )
+        if outcome is pg.Committed.LIMIT:
+            self._check_limits(organization, usage, added)
+            raise AssertionError(f"a write within the limits was refused: {usage}")
+        if outcome is pg.Committed.OK and plan.changes:
             metrics.show_usage(organization, usage.keys, usage.bytes)
-        elif plan.record is not None:  # nothing changed: the answer is recorded all the same
-            await pg.save_request(
-                conn,
-                organization,
-                plan.record.request_id,
-                plan.record.method,
-                plan.record.fingerprint,
-                plan.record.result,
-            )
-        return plan.commit
+        return outcome, plan.commit
 
     def _plan(
         self,
