@@ -98,6 +98,7 @@ class ConfigWriter:
             InvalidArgument: two mutations name one key, or a value breaks its schema.
             Aborted: an expected revision or etag does not match.
             NotFound: a delete names a key that is not set.
+            ResourceExhausted: the write would take the organization past a limit.
         """
         seen: dict[tuple[str, str], str] = {}
         for m in mutations:
