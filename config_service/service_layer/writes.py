@@ -481,6 +481,10 @@ class ConfigWriter:
             Aborted: ``expected_etag`` does not match.
         """
         async with self._store.transaction(organization) as conn:
+            # Serialized with the value writes, as set_schema is: a write that took the
+            # lock after losing the optimistic race must find the schemas it read
+            # still there when it commits (config.commit_write checks them).
+            await pg.lock_organization(conn, organization)
             stored = await pg.load_schema(conn, organization, service, lock=True)
             if stored is None:
                 raise NotFound("config schema", f"{organization}/{service}")

@@ -1571,6 +1571,24 @@ async def test_a_schema_set_while_a_write_is_in_flight_sees_that_write(
     assert (await api.get("ai", "size")).value.string_value == "huge"
 
 
+async def test_a_schema_deleted_while_a_write_is_in_flight_waits_for_that_write(
+    api: Api, database_url: str
+) -> None:
+    """A write that lost the optimistic race reads the schemas under the organization's
+    lock, and config.commit_write checks them again: a schema deleted in between (the
+    delete did not take that lock) made it fail with INTERNAL ("changed under its
+    lock"). The delete now waits for the lock like SetConfigSchema."""
+    await api.set_schema("ai", key_schema("model", STRING))
+    async with write_in_flight(database_url, api.org, "size", "huge") as in_flight:
+        deleting = asyncio.ensure_future(api.delete_schema("ai"))
+        await eventually(lambda: lock_waiters(database_url), lambda n: n >= 1)
+        assert not deleting.done()
+        await in_flight.commit()
+        await deleting
+    await rpc_error(api.get_schema("ai"), Code.NOT_FOUND)
+    assert (await api.get("ai", "size")).value.string_value == "huge"
+
+
 async def test_a_purge_while_a_write_is_in_flight_removes_that_write_too(
     api: Api, keys: Keys, database_url: str
 ) -> None:
