@@ -86,7 +86,32 @@ def _json(message: struct_pb2.Value) -> Any:
         return TOO_DEEP
     if not json_finite(message):
         return NOT_FINITE
-    return json_format.MessageToDict(message)
+    return _plain_zeros(json_format.MessageToDict(message))
+
+
+def _plain(number: float) -> float:
+    """``number``, with a negative zero made 0.0. Values are stored as jsonb, whose
+    numbers have no negative zero: a -0.0 kept as written would be read back as 0.0,
+    so the write's answer and the streams it is handed to from memory would show
+    another value than every read from PostgreSQL."""
+    return 0.0 if number == 0 else number
+
+
+def _plain_zeros(data: Any) -> Any:
+    """``data`` (plain JSON) with every number made :func:`_plain`, in place and
+    without recursion."""
+    if isinstance(data, float):
+        return _plain(data)
+    todo = [data] if isinstance(data, dict | list) else []
+    while todo:
+        container = todo.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for at, item in list(items):
+            if isinstance(item, float) and item == 0:
+                container[at] = 0.0
+            elif isinstance(item, dict | list):
+                todo.append(item)
+    return data
 
 
 def _to_json_value(data: Any) -> struct_pb2.Value:
@@ -107,7 +132,9 @@ def value_from_proto(message: config_pb2.Value) -> ConfigValue | None:
             value_type,
             FeatureFlag(
                 enabled=flag.enabled,
-                rollout_percent=flag.rollout_percent if flag.HasField("rollout_percent") else None,
+                rollout_percent=_plain(flag.rollout_percent)
+                if flag.HasField("rollout_percent")
+                else None,
                 allow_list=tuple(flag.allow_list),
                 deny_list=tuple(flag.deny_list),
                 variants=tuple(
@@ -118,6 +145,8 @@ def value_from_proto(message: config_pb2.Value) -> ConfigValue | None:
                 salt=flag.salt,
             ),
         )
+    if value_type is ValueType.DOUBLE:
+        return ConfigValue(value_type, _plain(message.double_value))
     return ConfigValue(value_type, getattr(message, kind))
 
 

@@ -200,3 +200,32 @@ def test_the_value_limit_counts_text_in_utf8_bytes_not_json_escapes() -> None:
     assert [v.description for v in check_value(too_long)] == [
         f"larger than {MAX_VALUE_BYTES} bytes"
     ]
+
+
+def test_a_negative_zero_is_taken_as_the_zero_postgresql_stores() -> None:
+    # jsonb has no -0: kept as written, the write's answer and the streams of its
+    # replica (handed the value from memory) showed -0.0, every other read 0.0.
+    from agentready.config.v1 import config_pb2
+    from google.protobuf import json_format, struct_pb2
+
+    from config_service.entrypoints.convert import value_from_proto
+
+    def sign(number: float) -> float:
+        return math.copysign(1.0, number)
+
+    double = value_from_proto(config_pb2.Value(double_value=-0.0))
+    assert double is not None
+    assert sign(double.data) == 1.0
+    nested = json_format.ParseDict({"a": [-0.0, {"b": -0.0}], "c": -1.5}, struct_pb2.Value())
+    json = value_from_proto(config_pb2.Value(json_value=nested))
+    assert json is not None
+    assert [sign(json.data["a"][0]), sign(json.data["a"][1]["b"])] == [1.0, 1.0]
+    assert json.data["c"] == -1.5
+    scalar = value_from_proto(config_pb2.Value(json_value=struct_pb2.Value(number_value=-0.0)))
+    assert scalar is not None
+    assert sign(scalar.data) == 1.0
+    flag = value_from_proto(
+        config_pb2.Value(flag_value=config_pb2.FeatureFlag(enabled=True, rollout_percent=-0.0))
+    )
+    assert flag is not None
+    assert sign(flag.data.rollout_percent) == 1.0
