@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import itertools
 import random
@@ -48,6 +47,7 @@ from google.protobuf import json_format, struct_pb2
 
 from servicekit.devstack import EmbeddedRedis
 from tests.conftest import Keys
+from tests.e2e.proxy import CuttableProxy
 from tests.e2e.watching import Recorder, Replica, Response, channel_for, eventually
 
 pytestmark = pytest.mark.slow
@@ -65,73 +65,6 @@ KEYS = AI_KEYS + BILLING_KEYS
 
 
 # -- a Redis that can be cut -------------------------------------------------------------
-
-
-class CuttableProxy:
-    """A TCP proxy to ``upstream_port``. :meth:`cut` drops every connection through it
-    and turns new ones away (accepted, then closed at once) until :meth:`restore`:
-    to its clients the server is gone, though it never stopped."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self.cut_off = False
-        self.turned_away = 0
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-
-    async def __aenter__(self) -> CuttableProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self._drop_all()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        self.cut_off = True
-        self._drop_all()
-
-    def restore(self) -> None:
-        self.cut_off = False
-
-    def _drop_all(self) -> None:
-        for writer in list(self._open):
-            writer.transport.abort()
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.cut_off:
-            self.turned_away += 1
-            client_w.transport.abort()
-            return
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            client_w.transport.abort()
-            return
-        self._open |= {client_w, server_w}
-        pipes = [
-            asyncio.create_task(self._pipe(client_r, server_w)),
-            asyncio.create_task(self._pipe(server_r, client_w)),
-        ]
-        try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pipe in pipes:
-                pipe.cancel()
-            for writer in (client_w, server_w):
-                self._open.discard(writer)
-                writer.transport.abort()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
 
 
 @pytest.fixture(scope="module")
