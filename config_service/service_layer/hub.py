@@ -228,7 +228,9 @@ class Hub:
         feed = self._feeds.get(event.organization)
         if feed is None:
             return
-        if event.revision > feed.revision and len(feed.known) < self._batch:
+        # Kept once the feed knows where it starts (before, the revision it starts
+        # from may already include this one, which would then wait unused).
+        if feed.ready.done() and event.revision > feed.revision and len(feed.known) < self._batch:
             feed.known[event.revision] = event
         self._raise(feed, event.revision)
 
