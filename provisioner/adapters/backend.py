@@ -7,8 +7,13 @@ between two of them leaves nothing the next reconcile cannot finish.
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
 
 from provisioner.domain.model import ApplyReport, BackendKind, Observation, TenantSpec
+
+# Told the report an apply will return if its last call succeeds, while that call is
+# under way (see :meth:`Backend.apply`).
+Foresight = Callable[[ApplyReport], Awaitable[None]]
 
 
 class Backend(abc.ABC):
@@ -17,11 +22,18 @@ class Backend(abc.ABC):
     kind: BackendKind
 
     @abc.abstractmethod
-    async def apply(self, spec: TenantSpec) -> ApplyReport:
+    async def apply(self, spec: TenantSpec, *, foresee: Foresight | None = None) -> ApplyReport:
         """Makes the environment match ``spec``: the namespace first, then the guard
         objects, then (only when every guard object exists) the isolation-ready label.
 
         Failures are reported per object in the report, never raised.
+
+        Args:
+            foresee: awaited, at most once, with the report the apply will return if
+                its last call succeeds, while that call is on its way (a backend whose
+                last step takes no time need not call it). The caller may prepare
+                its outcome meanwhile; it must not raise, and the apply returns the
+                report as it turned out, which may differ.
         """
 
     @abc.abstractmethod

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from provisioner.adapters.backend import Backend
+from provisioner.adapters.backend import Backend, Foresight
 from provisioner.domain import manifests
 from provisioner.domain.model import (
     ApplyReport,
@@ -110,7 +110,8 @@ class GitOpsBackend(Backend):
         """Where the tenant's manifests live."""
         return self.root / spec.namespace
 
-    async def apply(self, spec: TenantSpec) -> ApplyReport:
+    async def apply(self, spec: TenantSpec, *, foresee: Foresight | None = None) -> ApplyReport:
+        del foresee  # one write: nothing to overlap with
         try:
             await asyncio.to_thread(self._write, spec, render(spec, platform=self._platform))
         except OSError as exc:

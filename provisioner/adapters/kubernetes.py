@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from provisioner.adapters.backend import Backend
+from provisioner.adapters.backend import Backend, Foresight
 from provisioner.adapters.kube_http import (
     JSON,
     KubeHttp,
@@ -195,7 +195,7 @@ class KubernetesBackend(Backend):
 
     # -- the interface ---------------------------------------------------------------
 
-    async def apply(self, spec: TenantSpec) -> ApplyReport:
+    async def apply(self, spec: TenantSpec, *, foresee: Foresight | None = None) -> ApplyReport:
         namespace = asyncio.ensure_future(self._apply(manifests.namespace(spec)))
         try:
             await asyncio.sleep(0)  # the namespace's request goes out first
@@ -238,26 +238,45 @@ class KubernetesBackend(Backend):
                 status = (outcome or {}).get("status") or {}
                 quota_hard = dict(status.get("hard") or {})
                 quota_used = dict(status.get("used") or {})
-        steps.append(await self._mark_isolation(spec, ns or {}, steps, label))
-        return ApplyReport(steps, Observation(phase, quota_hard, quota_used))
+        observation = Observation(phase, quota_hard, quota_used)
+        steps.append(await self._mark_isolation(spec, ns or {}, steps, label, foresee, observation))
+        return ApplyReport(steps, observation)
 
     async def _mark_isolation(
-        self, spec: TenantSpec, ns: Any, steps: list[StepResult], label: Prepared
+        self,
+        spec: TenantSpec,
+        ns: Any,
+        steps: list[StepResult],
+        label: Prepared,
+        foresee: Foresight | None,
+        observation: Observation,
     ) -> StepResult:
         """The isolation-ready label: set once every guard exists, removed otherwise.
 
         ``ns`` is the namespace as the apply answered it: whether the label is there
         already is read from it (no GET, and no write when nothing changes). ``label``
-        is the apply that sets it, prepared.
+        is the apply that sets it, prepared; ``foresee`` is told the report of a
+        success while it is on its way.
         """
         labels = (ns.get("metadata") or {}).get("labels") or {}
         labelled = labels.get(manifests.ISOLATION_LABEL) == "true"
         failed = [s for s in steps if s.error is not None]
         try:
             if not failed:
-                if not labelled:  # already there: no write, nothing changes
+                if labelled:  # already there: no write, nothing changes
+                    return StepResult(ConditionType.ISOLATION)
+                if foresee is None:
                     await self._send(label)
-                return StepResult(ConditionType.ISOLATION)
+                    return StepResult(ConditionType.ISOLATION)
+                done = StepResult(ConditionType.ISOLATION)
+                sending = asyncio.ensure_future(self._send(label))
+                try:
+                    await asyncio.sleep(0)  # the request goes out first
+                    await foresee(ApplyReport([*steps, done], observation))
+                    await sending
+                finally:
+                    sending.cancel()  # when still running: foresee failed, or we were
+                return done
             if labelled:
                 await self._remove_isolation_label(spec)
         except BackendError as exc:

@@ -136,6 +136,11 @@ class TenantSession:
         await self.conn.execute("SELECT pg_advisory_lock($1)", self._key)
         self.locked, self._unsure = True, False
 
+    def discard(self) -> None:
+        """Marks the connection's state unknown (a transaction left open, say): the
+        session ends by closing it, which releases whatever it holds."""
+        self._unsure = True
+
     async def _end(self) -> None:
         if self._unsure:
             self.conn.terminate()  # closing the session releases whatever it holds

@@ -249,18 +249,41 @@ class Tenants:
                 # The common first call: one statement records the environment and
                 # tries the lock while the ownership check is under way; the commit
                 # waits for its answer (a namespace that is not ours records nothing).
-                async with session.bare_transaction():
-                    env = await pg.record_new(
-                        session,
-                        owners=owners,
-                        quota=quota,
-                        labels=labels,
-                        backend=self.backend.kind,
-                        conditions=unknown_conditions(),
-                        due_in=self.timing.grace,
-                        actor=actor,
-                    )
-                    claimed = await claim
+                # A new environment whose lock this session got is applied as soon as
+                # both answers are in, its commit on the way meanwhile: the status is
+                # written on the same connection only once the commit is done. Should
+                # the commit fail, the namespace may exist unrecorded; it is ours
+                # (labelled so), and the caller's retry takes it up.
+                committed = asyncio.Event()
+                applying: asyncio.Future[ApplyReport] | None = None
+                outcome: _Outcome | None = None
+                try:
+                    async with session.bare_transaction():
+                        env = await pg.record_new(
+                            session,
+                            owners=owners,
+                            quota=quota,
+                            labels=labels,
+                            backend=self.backend.kind,
+                            conditions=unknown_conditions(),
+                            due_in=self.timing.grace,
+                            actor=actor,
+                        )
+                        claimed = await claim
+                        if env is not None and claimed and session.locked:
+                            outcome = _Outcome(self, session, env, free=committed)
+                            applying = asyncio.ensure_future(
+                                self.backend.apply(env.spec(), foresee=outcome.foresee)
+                            )
+                            await asyncio.sleep(0)  # the namespace's request goes out first
+                except BaseException:
+                    if applying is not None:
+                        applying.cancel()
+                    raise
+                if applying is not None and outcome is not None:
+                    committed.set()
+                    with outcome:
+                        return await outcome.record(await applying)
                 if env is not None:
                     return await self._converge_locked(session, env, claim_checked=claimed)
             async with session.transaction() as conn:
@@ -459,13 +482,25 @@ class Tenants:
             except BackendError as exc:
                 report = ApplyReport([StepResult(ConditionType.NAMESPACE, exc)])
                 return await self._record_apply(session, env, report)
-        report = await self.backend.apply(spec)
-        return await self._record_apply(session, env, report)
+        with _Outcome(self, session, env) as outcome:
+            return await outcome.record(await self.backend.apply(spec, foresee=outcome.foresee))
 
     async def _record_apply(
         self, session: pg.TenantSession, env: Environment, report: ApplyReport
     ) -> Environment:
-        """Writes an apply's outcome; the environment as recorded.
+        """Writes an apply's outcome; the environment as recorded."""
+        recorded = await self._write_apply(session, env, report)
+        if recorded is None:  # deprovisioning began meanwhile; its own steps take over
+            async with session.transaction(readonly=True) as conn:
+                recorded = await pg.load(conn, env.organization)
+        assert recorded is not None  # rows are never deleted
+        return recorded
+
+    async def _write_apply(
+        self, session: pg.TenantSession, env: Environment, report: ApplyReport
+    ) -> Environment | None:
+        """Writes an apply's outcome; the environment as written, or None when nothing
+        was (deprovisioning began meanwhile).
 
         Computed from ``env``, read under the lock: no one else writes the status
         meanwhile. A spec change or a deletion that began during the apply is taken
@@ -504,7 +539,7 @@ class Tenants:
         )
         # The status is derived from what the backend answered: a crash that lost this
         # commit leaves the environment due, and the next reconcile writes it again.
-        recorded = await pg.record_status(
+        return await pg.record_status(
             session,
             state=state,
             backend=self.backend.kind,
@@ -519,11 +554,6 @@ class Tenants:
             applied_generation=env.generation,
             durable=False,
         )
-        if recorded is None:  # deprovisioning began meanwhile; its own steps take over
-            async with session.transaction(readonly=True) as conn:
-                recorded = await pg.load(conn, env.organization)
-        assert recorded is not None  # rows are never deleted
-        return recorded
 
     async def _delete_step(self, session: pg.TenantSession, env: Environment) -> Environment:
         """Deprovisioning, one persisted step at a time: revoke → delete → gone."""
@@ -673,3 +703,88 @@ def _check_not_removing(env: Environment) -> None:
 
 def _show(quota: Quota) -> str:
     return f"cpu={quota.cpu}, memory={quota.memory}, storage={quota.storage}"
+
+
+class _Outcome:
+    """An apply's outcome, written under the tenant lock by the session that applied.
+
+    When the backend foresees the report of a success (:data:`Foresight`), the outcome
+    is written ahead, in a transaction left open while the apply's last call is on
+    its way, and only committed once the report turns out the same: one round trip
+    after the last answer instead of a whole write. Otherwise (another report, the
+    write ahead failing) that transaction is rolled back and the outcome written
+    after the apply. The row stays locked meanwhile: a desired-state write of the
+    same tenant arriving then (a new spec, a deletion) waits for that one call, and
+    is taken into account by the next converge as it would be after a write.
+
+    Used as a context manager around the apply: leaving it with an error (a
+    cancellation) while the transaction is open closes the session's connection
+    instead of reusing it, which rolls back and releases the tenant lock.
+
+    Args:
+        free: set once the session's connection may take statements (the caller's
+            own commit is done); None when it may at once.
+    """
+
+    def __init__(
+        self,
+        tenants: Tenants,
+        session: pg.TenantSession,
+        env: Environment,
+        *,
+        free: asyncio.Event | None = None,
+    ) -> None:
+        self._tenants = tenants
+        self._session = session
+        self._env = env
+        self._free = free
+        self._open: asyncpg.transaction.Transaction | None = None
+        self._ahead: tuple[ApplyReport, Environment] | None = None
+
+    def __enter__(self) -> _Outcome:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._open is not None:
+            self._session.discard()
+
+    async def _connection_free(self) -> None:
+        if self._free is not None:
+            await self._free.wait()
+
+    async def foresee(self, report: ApplyReport) -> None:
+        """Writes ``report``'s outcome ahead (see the class); never raises an error."""
+        await self._connection_free()
+        transaction = self._session.conn.transaction()
+        try:
+            self._open = transaction
+            await transaction.start()
+            written = await self._tenants._write_apply(self._session, self._env, report)
+            if written is not None:
+                self._ahead = (report, written)
+                return
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.info("writing an outcome ahead failed, written after the apply: %s", exc)
+        await self._rollback()
+
+    async def _rollback(self) -> None:
+        self._ahead = None
+        transaction, self._open = self._open, None
+        if transaction is None:
+            return
+        try:
+            await transaction.rollback()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            self._session.discard()  # whatever it holds goes with the connection
+
+    async def record(self, report: ApplyReport) -> Environment:
+        """The outcome of ``report``, committed; the environment as recorded."""
+        await self._connection_free()
+        if self._ahead is not None and self._open is not None:
+            foreseen, written = self._ahead
+            if report == foreseen:
+                await self._open.commit()
+                self._open = self._ahead = None
+                return written
+        await self._rollback()
+        return await self._tenants._record_apply(self._session, self._env, report)

@@ -37,6 +37,7 @@ import grpc
 from agentready.provisioner.v1 import provisioner_pb2 as pb
 from agentready.provisioner.v1 import provisioner_service_pb2_grpc
 
+from provisioner.adapters.backend import Foresight
 from provisioner.adapters.kube_http import Prepared
 from provisioner.adapters.kubernetes import ISOLATION_MANAGER, KubernetesBackend
 from provisioner.app import SPEC
@@ -45,6 +46,7 @@ from provisioner.domain.model import (
     GUARDS,
     ApplyReport,
     ConditionType,
+    Observation,
     Quota,
     StepResult,
     TenantSpec,
@@ -73,10 +75,16 @@ class ConcurrentBackend(KubernetesBackend):
     guarded_at = 0.0
 
     async def _mark_isolation(
-        self, spec: TenantSpec, ns: Any, steps: list[StepResult], label: Prepared
+        self,
+        spec: TenantSpec,
+        ns: Any,
+        steps: list[StepResult],
+        label: Prepared,
+        foresee: Foresight | None,
+        observation: Observation,
     ) -> StepResult:
         self.guarded_at = time.perf_counter()
-        return await super()._mark_isolation(spec, ns, steps, label)
+        return await super()._mark_isolation(spec, ns, steps, label, foresee, observation)
 
 
 class SequentialBackend(KubernetesBackend):
@@ -84,7 +92,8 @@ class SequentialBackend(KubernetesBackend):
 
     guarded_at = 0.0
 
-    async def apply(self, spec: TenantSpec) -> ApplyReport:
+    async def apply(self, spec: TenantSpec, *, foresee: Foresight | None = None) -> ApplyReport:
+        del foresee  # the baseline writes its outcome after the apply
         await self._apply(manifests.namespace(spec))
         objects = manifests.guard_objects(spec)
         for kind in GUARDS:
@@ -201,11 +210,14 @@ def fake_api_process(kubeconfig: Path) -> Iterator[Path]:
             str(free_port()),
             "--kubeconfig",
             str(kubeconfig),
-            # Lowest CPU priority for handling requests: that costs the fake (Python,
-            # one GIL) about half a millisecond, and on this shared machine the kernel
-            # would otherwise often run it at once on the very core of the client that
-            # just sent the request, stalling the client; a real API server runs
-            # elsewhere. Held answers still leave at normal priority, on time.
+            # Handling a request costs the fake (Python, one GIL) about half a
+            # millisecond; on this shared machine the kernel would often run it at
+            # once on the very core of the client that just sent the request (even at
+            # niceness 19), stalling the client, while a real API server runs
+            # elsewhere. Under the idle policy it runs only on a core nothing else
+            # wants (--nice 19 where there is no such policy). Held answers still
+            # leave at normal priority, on time.
+            "--idle",
             "--nice",
             "19",
             *(

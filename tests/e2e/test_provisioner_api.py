@@ -8,10 +8,12 @@ did; the loop itself is covered by test_provisioner_reconcile.py.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from agentready.provisioner.v1 import provisioner_pb2 as pb
@@ -604,6 +606,74 @@ async def test_permanent_errors_fail_at_once(api: Caller, kube: FakeKubeServer) 
     assert conditions(env)["RbacReady"] == ("FALSE", "Forbidden")
     assert "cannot bind" in env.last_error
     assert "permanent" in env.last_error
+
+
+async def test_isolation_label_failing_after_the_outcome_was_written_ahead_is_what_is_recorded(
+    api: Caller, kube: FakeKubeServer
+) -> None:
+    # The outcome of a success is written, uncommitted, while the label is on its way;
+    # the label is refused, so that write must be rolled back and the failure recorded.
+    ns = f"org-{api.org}"
+    kube.inject_delay(0, method="PATCH", path=f"/namespaces/{ns}$", times=1)  # the apply
+    kube.inject_error(403, method="PATCH", path=f"/namespaces/{ns}$", times=None)  # the label
+    env = await api.provision()
+    namespace_writes = [
+        r.status for r in kube.requests(method="PATCH", resource="namespaces") if r.name == ns
+    ]
+    assert namespace_writes == [201, 403]
+    assert state(env) == "FAILED"
+    assert conditions(env)["IsolationReady"] == ("FALSE", "Forbidden")
+    assert all(conditions(env)[c] == ("TRUE", "Applied") for c in ("RbacReady", "QuotaReady"))
+    assert (state(await api.get()), (await api.get()).observed_generation) == ("FAILED", 0)
+    assert (
+        "agentready.io/isolation-ready"
+        not in obj(kube, "namespaces", ns, None)["metadata"]["labels"]
+    )
+
+    kube.clear_faults()
+    assert state(await api.reconcile()) == "READY"
+
+
+async def test_cancelled_while_the_outcome_is_written_ahead_leaves_nothing_locked(
+    api: Caller, kube: FakeKubeServer, prov_database_url: str
+) -> None:
+    ns = f"org-{api.org}"
+    kube.inject_delay(0, method="PATCH", path=f"/namespaces/{ns}$", times=1)  # the apply
+    # The label is held (its attempt times out after 1 s, the retry goes through).
+    label = kube.inject_rendezvous(
+        2, method="PATCH", path=f"/namespaces/{ns}$", times=1, timeout=30
+    )
+    call = api.stub.ProvisionTenant(
+        pb.ProvisionTenantRequest(organization=api.org, owners=["alice"]),
+        metadata=api.md,
+        timeout=30,
+    )
+
+    async def label_arrived() -> int:
+        return label.hits
+
+    await eventually(label_arrived, lambda hits: hits == 1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    kube.clear_faults()
+
+    # Neither the tenant lock nor the row stayed taken by the cancelled write: the
+    # next converge locks both and records its own outcome.
+    env = await api.reconcile()
+    assert state(env) == "READY"
+    conn = await asyncpg.connect(prov_database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
+            row = await conn.fetchrow(
+                "SELECT state FROM provisioner.environments WHERE organization = $1 FOR UPDATE",
+                api.org,
+            )
+        assert row is not None
+        assert row["state"] == "READY"
+    finally:
+        await conn.close()
 
 
 async def test_throttling_and_timeouts_are_retried(api: Caller, kube: FakeKubeServer) -> None:

@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         "work from preempting them, as an API server on other machines would not; held "
         "answers are still sent at the process's priority, on time",
     )
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="serve requests under the idle scheduling policy (Linux; --nice elsewhere): "
+        "only on a processor nothing else wants, so the fake never preempts the process "
+        "being measured; held answers are still sent at the process's priority, on time",
+    )
     args = parser.parse_args(argv)
 
     # A process of its own: a handler thread whose latency is up takes the GIL from
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_by_resource=per_resource,
         latency_rules=dict(args.latency_rule),
         handler_niceness=args.nice,
+        idle_handlers=args.idle,
     )
     server.start()
     print(f"fake Kubernetes API server on {server.url}", flush=True)

@@ -338,8 +338,11 @@ class _AnswerClock:
     client that does not read holds up no one else: its handler writes the rest). An
     answer that is due already when handed over is sent by its handler at once.
 
-    Answers due together leave back to back: their handlers are woken only once all
-    of them are out, so none takes the GIL in between. The clock watches the last
+    Answers due together, or within a millisecond of each other, leave back to back:
+    their handlers are woken only once all of them are out (or after 5 ms at most), so
+    none takes the GIL in between; a handler woken just then, running on the core
+    the client needs to read its answer, would keep the next answer waiting for the
+    GIL. The clock watches the last
     stretch yielding the processor (``sched_yield``, which also lets the GIL go)
     rather than sleeping: a sleep, even of zero, wakes about 0.1 ms late on a virtual
     machine. With ``handler_niceness`` (see :class:`FakeKubeServer`) this thread keeps
@@ -379,14 +382,24 @@ class _AnswerClock:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        sent: list[_HeldAnswer] = []  # out, their handlers not woken yet
+        sent_since = 0.0
         while True:
+            if sent and not self._more_due_soon(since=sent_since):
+                for job in sent:
+                    job.done.set()
+                sent = []
             with self._changed:
-                while not self._due and not self._stopping.is_set():
+                while not self._due and not sent and not self._stopping.is_set():
                     self._changed.wait()
                 if not self._due:
+                    if sent:
+                        continue  # wake them
                     return  # stopping, nothing held
                 remaining = self._due[0][0] - time.monotonic()
                 if remaining > _SPIN and not self._stopping.is_set():
+                    if sent:
+                        continue  # wake them before sleeping
                     # Timed waits wake a few tenths of a millisecond late: wake up
                     # before the deadline (or when an earlier one comes in), then
                     # watch the clock for the rest.
@@ -395,7 +408,8 @@ class _AnswerClock:
             while not self._stopping.is_set() and time.monotonic() < self._due[0][0]:
                 os.sched_yield()  # the GIL goes to the handlers meanwhile
             now = time.monotonic()
-            sent = []
+            if not sent:
+                sent_since = now
             while True:
                 with self._changed:
                     if not self._due or (self._due[0][0] > now and not self._stopping.is_set()):
@@ -403,8 +417,18 @@ class _AnswerClock:
                     _, _, job = heapq.heappop(self._due)
                 job.run(notify=False)
                 sent.append(job)
-            for job in sent:
-                job.done.set()
+
+    def _more_due_soon(self, *, since: float) -> bool:
+        """Whether another answer falls due within _SPIN, and the handlers of those
+        sent since ``since`` may sleep on."""
+        with self._changed:
+            now = time.monotonic()
+            return (
+                bool(self._due)
+                and self._due[0][0] - now <= _SPIN
+                and now - since <= _HOLD_WAKEUPS
+                and not self._stopping.is_set()
+            )
 
 
 class _HeldAnswer:
@@ -461,6 +485,9 @@ class _HTTPServer(ThreadingHTTPServer):
 # How close to a held answer's deadline the answer clock stops sleeping and watches
 # the clock.
 _SPIN = 0.001
+# How long the answer clock may keep the handlers of answers it sent asleep while
+# more answers fall due within _SPIN (see _AnswerClock).
+_HOLD_WAKEUPS = 0.005
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -473,8 +500,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        if self.server.fake.handler_niceness:
-            # This connection's thread only: the answer clock keeps its priority.
+        # This connection's thread only: the answer clock keeps its priority.
+        if self.server.fake.idle_handlers and hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        elif self.server.fake.handler_niceness:
             os.setpriority(
                 os.PRIO_PROCESS, threading.get_native_id(), self.server.fake.handler_niceness
             )
@@ -670,6 +699,13 @@ class FakeKubeServer:
             API server on other machines would not; the thread that sends held
             answers keeps the process's priority, so answers due at once leave at
             once instead of one per preemption by the client they woke.
+        idle_handlers: serve requests under the idle scheduling policy (Linux; the
+            niceness elsewhere): only on a processor nothing else wants, never
+            preempting the client that sent the request. Even at niceness 19 the
+            kernel often runs the woken handler at once on the client's core, for
+            the half millisecond the fake takes to read and check a request, and
+            the client's next write (the second of four concurrent guards, say)
+            waits that long. The answer clock keeps the process's policy.
     """
 
     def __init__(
@@ -683,9 +719,11 @@ class FakeKubeServer:
         latency_by_resource: Mapping[str, float] | None = None,
         latency_rules: Mapping[str, float] | None = None,
         handler_niceness: int = 0,
+        idle_handlers: bool = False,
     ) -> None:
         self.token = token
         self.handler_niceness = handler_niceness
+        self.idle_handlers = idle_handlers
         self.store = ObjectStore(namespace_deletion_delay=namespace_deletion_delay)
         self.api = _Api(self.store)
         self.faults = FaultTable()
