@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 
+import asyncpg
 from prometheus_client import Counter
 
 from servicekit.errors import (
@@ -307,13 +308,24 @@ class Organizations:
             await pg.owners_applied(conn, slug, version, retry_in=self.timing.poll)
 
     async def _provision(self, org: Organization, owners: list[str]) -> Organization:
-        try:
-            env = await self._platform.provision(org.slug, owners)
-        except StepFailed as exc:
-            SAGA_STEPS.labels("provision", "temporary" if exc.temporary else "permanent").inc()
-            return await self._failed(org, str(exc), temporary=exc.temporary)
+        activated: Organization | None = None
+        error: StepFailed | None = None
+        async with self._activation_ahead(org) as activation:
+            try:
+                env = await self._platform.provision(org.slug, owners)
+            except StepFailed as exc:
+                error = exc
+            else:
+                if env.state == "READY":
+                    activated = await activation.confirm()
+        # The transaction written ahead is over: the writes below take the row freely.
+        if error is not None:
+            SAGA_STEPS.labels("provision", "temporary" if error.temporary else "permanent").inc()
+            return await self._failed(org, str(error), temporary=error.temporary)
         if env.state == "READY":
             SAGA_STEPS.labels("provision", "ready").inc()
+            if activated is not None:
+                return activated
             # Not waiting for the disk: a crash that lost this commit leaves the saga
             # step due, and it runs again (it is idempotent) to the same end.
             return await self._move(
@@ -337,6 +349,16 @@ class Organizations:
             attempt_in=self.timing.poll,
             failures=org.failures,
         )
+
+    @contextlib.asynccontextmanager
+    async def _activation_ahead(self, org: Organization) -> AsyncIterator[_Activation]:
+        """ACTIVE written ahead while the Provisioner builds the environment (see
+        :class:`_Activation`); rolled back on leaving unless confirmed."""
+        activation = _Activation(self._store, org)
+        try:
+            yield activation
+        finally:
+            await activation.close()
 
     async def _deprovision(self, org: Organization) -> Organization:
         try:
@@ -499,3 +521,76 @@ def check_usable(org: Organization) -> None:
             reason="ORGANIZATION_DELETED",
             metadata={"organization": org.slug},
         )
+
+
+class _RollBack(Exception):
+    """Ends a transaction written ahead without committing it."""
+
+
+class _Activation:
+    """An organization moved to ACTIVE ahead of time, while ProvisionTenant is under
+    way: a transaction of its own writes the move as soon as the call is out, and
+    commits it once the environment is READY, so the answer waits for one round trip
+    after the Provisioner's instead of a whole write; anything else rolls it back.
+
+    The row stays locked meanwhile, so a change of the same organization arriving
+    then (a delete, an update) waits for the Provisioner's answer; reads do not. No
+    connection is held for it when the pool is more than half busy.
+    """
+
+    def __init__(self, store: pg.TenantStore, org: Organization) -> None:
+        self._store = store
+        self._org = org
+        self._verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[Organization | None] | None = None
+        pool = store.pool
+        free = pool.get_idle_size() + pool.get_max_size() - pool.get_size()
+        if free > pool.get_max_size() // 2:
+            self._task = asyncio.create_task(self._write(), name=f"activate-{org.slug}")
+
+    async def _write(self) -> Organization | None:
+        await asyncio.sleep(0)  # the ProvisionTenant call goes out first
+        try:
+            async with self._store.single() as conn, conn.transaction():
+                moved = await pg.set_state(
+                    conn,
+                    self._org.slug,
+                    OrgState.ACTIVE,
+                    expect=(OrgState.PROVISIONING, OrgState.FAILED),
+                    # A crash that lost this commit leaves the saga step due, and it
+                    # runs again (it is idempotent) to the same end.
+                    durable=False,
+                )
+                if moved is None or not await self._verdict:
+                    raise _RollBack
+                return moved
+        except _RollBack:
+            return None
+
+    async def confirm(self) -> Organization | None:
+        """Commits the move; the organization as moved, or None when it was not written
+        ahead (then the caller writes it)."""
+        if self._task is None:
+            return None
+        if not self._verdict.done():
+            self._verdict.set_result(True)
+        try:
+            return await asyncio.shield(self._task)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.info("activating %s ahead failed, written now: %s", self._org.slug, exc)
+            return None
+
+    async def close(self) -> None:
+        """Rolls back what was not confirmed and waits for the transaction to end."""
+        if self._task is None:
+            return
+        if not self._verdict.done():
+            self._verdict.set_result(False)
+        if not self._task.done():
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                self._task.cancel()  # we were cancelled: the transaction ends as it can
+                raise
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            self._task.result()

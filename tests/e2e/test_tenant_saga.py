@@ -19,8 +19,16 @@ from servicekit.devstack import EmbeddedRedis, free_port, scratch_database
 from servicekit.server import RunningServer, start
 from servicekit.settings import load_settings
 from tenant_service.app import SPEC as TENANT
-from tests.e2e.tenant_support import Code, TenantApi, eventually, new_email, rpc_error
+from tests.e2e.tenant_support import (
+    Code,
+    TenantApi,
+    eventually,
+    new_email,
+    new_slug,
+    rpc_error,
+)
 from tests.e2e.watching import Replica
+from tests.fakekube import FakeKubeServer
 from tests.rpcerrors import error_info
 
 pytestmark = pytest.mark.slow
@@ -119,6 +127,51 @@ async def test_a_tenant_service_killed_mid_saga_converges_after_restart(
     finally:
         await asyncio.to_thread(second.stop)
         await provisioner.stop()
+
+
+async def test_a_delete_while_the_environment_is_built_waits_for_it_then_deletes(
+    tenant: RunningServer, saga_env: dict[str, str], tmp_path: Path
+) -> None:
+    """While ProvisionTenant is under way the organization's move to ACTIVE is written
+    ahead, its row locked: a delete arriving then must neither deadlock nor be lost."""
+    with FakeKubeServer() as kube:
+        env = {**saga_env, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
+        provisioner = await start_provisioner(env)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
+                api = TenantApi(channel)
+                person = await api.login(await api.signup())
+                slug = new_slug()
+                # The namespace's creation is held until released below.
+                held = kube.inject_rendezvous(
+                    2, method="PATCH", path=f"/namespaces/org-{slug}$", times=1, timeout=60
+                )
+                creating = asyncio.ensure_future(api.create_org(person, slug))
+
+                async def namespace_asked() -> int:
+                    return held.hits
+
+                await eventually(namespace_asked, lambda hits: hits == 1)
+                await api.login(person, slug)
+                deleting = asyncio.ensure_future(
+                    api.stub.DeleteOrganization(
+                        pb.DeleteOrganizationRequest(organization=slug),
+                        metadata=person.auth,
+                        timeout=30,
+                    )
+                )
+                kube.clear_faults()  # the namespace is created, the saga goes on
+                created = await creating
+                await deleting
+                # Whichever came first, the creation's answer is what it did.
+                assert created.state in (ACTIVE, pb.Organization.STATE_DELETING)
+
+                async def environment_gone() -> bool:
+                    return kube.get_object("namespaces", f"org-{slug}", None) is None
+
+                await eventually(environment_gone, lambda gone: gone)
+        finally:
+            await provisioner.stop()
 
 
 async def test_two_replicas_serve_the_same_users_and_revocations(
