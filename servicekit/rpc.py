@@ -312,6 +312,11 @@ def _raise_if_malformed(request: Any) -> None:
         )
 
 
+# Methods whose wrapped handler is kept: every method a server serves, with room to
+# spare; only known methods reach the cache (an unknown one has no handler).
+MAX_WRAPPED_METHODS = 1024
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of a server in the shared call path."""
 
@@ -337,6 +342,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._public = frozenset(public_methods)
         self._limiter = rate_limiter
         self._streams = streams
+        # Method → (the handler gRPC found, its wrapped form): a method's handler is
+        # one object for the server's life, so it is wrapped once, not per call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -347,9 +355,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
         service = method.lstrip("/").rpartition("/")[0]
         needs_auth = method not in self._public and service not in OPEN_SERVICES
-        return self._wrap(handler, method, needs_auth)
+        wrapped = self._wrap(handler, method, needs_auth)
+        if len(self._wrapped) < MAX_WRAPPED_METHODS:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, handler: Handler, method: str, needs_auth: bool) -> Handler:
         if handler.request_streaming and handler.response_streaming:

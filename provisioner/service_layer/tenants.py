@@ -275,7 +275,7 @@ class Tenants:
                             applying = asyncio.ensure_future(
                                 self.backend.apply(env.spec(), foresee=outcome.foresee)
                             )
-                            await asyncio.sleep(0)  # the namespace's request goes out first
+                            await asyncio.sleep(0)  # the apply starts before the commit
                 except BaseException:
                     if applying is not None:
                         applying.cancel()

@@ -57,6 +57,9 @@ RESOURCE = "Organization"
 # Tokens scoped to a deleted organization are refused for this long: longer than any
 # token TenantService mints for an organization lives (service-account keys: 365 days).
 DELETED_ORGANIZATION_REVOCATION_SECONDS = 400 * 86400.0
+# Seconds between asking for an environment and writing the organization's move to
+# ACTIVE ahead (see _Activation).
+ACTIVATION_DELAY = 0.005
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,7 +532,7 @@ class _RollBack(Exception):
 
 class _Activation:
     """An organization moved to ACTIVE ahead of time, while ProvisionTenant is under
-    way: a transaction of its own writes the move as soon as the call is out, and
+    way: a transaction of its own writes the move shortly after the call is out, and
     commits it once the environment is READY, so the answer waits for one round trip
     after the Provisioner's instead of a whole write; anything else rolls it back.
 
@@ -549,7 +552,11 @@ class _Activation:
             self._task = asyncio.create_task(self._write(), name=f"activate-{org.slug}")
 
     async def _write(self) -> Organization | None:
-        await asyncio.sleep(0)  # the ProvisionTenant call goes out first
+        # Not at once: the Provisioner's first steps (its record, the ownership check)
+        # are on the answer's path, this write is not, and on a shared host the two
+        # would compete for the processor; the write still lands long before any
+        # environment is built.
+        await asyncio.sleep(ACTIVATION_DELAY)
         try:
             async with self._store.single() as conn, conn.transaction():
                 moved = await pg.set_state(
