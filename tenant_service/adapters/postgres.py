@@ -362,13 +362,15 @@ async def insert_organization(
     labels: Mapping[str, str],
     created_by: str,
     attempt_in: float,
+    durable: bool = True,
 ) -> tuple[Organization, str] | None:
     """Records a new organization PROVISIONING with its creator as owner; the
     organization and the creator's email (the saga's next step needs it), or None
     when the slug was ever taken (nothing written).
 
     One statement: on a connection with no transaction open it is a transaction of
-    its own, committed as it ends (one round trip).
+    its own, committed as it ends (one round trip), waiting for the disk only when
+    ``durable`` (inside a transaction, the transaction's commit decides).
     """
     row = await conn.fetchrow(
         "WITH org AS (INSERT INTO tenant.organizations (organization, uid, display_name, "  # noqa: S608
@@ -378,13 +380,14 @@ async def insert_organization(
         "owner AS (INSERT INTO tenant.members (organization, user_id, role) "
         "SELECT organization, $5::uuid, 'owner' FROM org) "
         f"SELECT {_ORG_COLUMNS}, (SELECT email FROM tenant.users WHERE id = $5::uuid) "
-        "AS owner_email FROM org",
+        "AS owner_email, set_config('synchronous_commit', $7, true) AS durability FROM org",
         slug,
         uuid.uuid4(),
         display_name,
         dict(labels),
         created_by,
         attempt_in,
+        "on" if durable else "off",
     )
     return (_org(row), str(row["owner_email"])) if row else None
 

@@ -158,8 +158,14 @@ class Organizations:
             attempt_in=self.timing.grace,
         )
         if request is None:
-            async with self._store.single() as conn:  # one statement, one round trip
-                created = await new(conn)
+            # One statement, one round trip, not waiting for the disk: the answer
+            # waits for it instead (the saga's next write, or the flush written ahead
+            # with the activation, makes the organization durable before anyone is
+            # told it exists). Lost with PostgreSQL before that, it was never
+            # answered: the environment asked for meanwhile is left unowned, and a
+            # retry of the same slug takes it up.
+            async with self._store.single() as conn:
+                created = await new(conn, durable=False)
         else:
             async with self._store.plain() as conn:
                 found = await pg.find_request(conn, None, request.request_id)
@@ -329,13 +335,9 @@ class Organizations:
             SAGA_STEPS.labels("provision", "ready").inc()
             if activated is not None:
                 return activated
-            # Not waiting for the disk: a crash that lost this commit leaves the saga
-            # step due, and it runs again (it is idempotent) to the same end.
+            # Waiting for the disk: the organization itself may not be on it yet.
             return await self._move(
-                org,
-                OrgState.ACTIVE,
-                expect=(OrgState.PROVISIONING, OrgState.FAILED),
-                durable=False,
+                org, OrgState.ACTIVE, expect=(OrgState.PROVISIONING, OrgState.FAILED)
             )
         if env.state == "FAILED":
             SAGA_STEPS.labels("provision", "env_failed").inc()
@@ -558,19 +560,24 @@ class _Activation:
         # environment is built.
         await asyncio.sleep(ACTIVATION_DELAY)
         try:
-            async with self._store.single() as conn, conn.transaction():
-                moved = await pg.set_state(
-                    conn,
-                    self._org.slug,
-                    OrgState.ACTIVE,
-                    expect=(OrgState.PROVISIONING, OrgState.FAILED),
-                    # A crash that lost this commit leaves the saga step due, and it
-                    # runs again (it is idempotent) to the same end.
-                    durable=False,
-                )
-                if moved is None or not await self._verdict:
-                    raise _RollBack
-                return moved
+            async with self._store.single() as conn:
+                # Everything committed so far (the organization's own insert, which did
+                # not wait for the disk) is made durable now, off the answer's path: a
+                # transaction with an id of its own waits for the disk as it ends.
+                await conn.execute("SELECT pg_current_xact_id()")
+                async with conn.transaction():
+                    moved = await pg.set_state(
+                        conn,
+                        self._org.slug,
+                        OrgState.ACTIVE,
+                        expect=(OrgState.PROVISIONING, OrgState.FAILED),
+                        # A crash that lost this commit leaves the saga step due, and
+                        # it runs again (it is idempotent) to the same end.
+                        durable=False,
+                    )
+                    if moved is None or not await self._verdict:
+                        raise _RollBack
+                    return moved
         except _RollBack:
             return None
 
