@@ -7,6 +7,8 @@ of their own on the shared one, and must not finish these sagas for them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from tests.e2e.tenant_support import (
     rpc_error,
 )
 from tests.e2e.watching import Replica
-from tests.fakekube import FakeKubeServer
+from tests.fakekube import DEFAULT_TOKEN, FakeKubeServer
 from tests.rpcerrors import error_info
 
 pytestmark = pytest.mark.slow
@@ -127,6 +129,58 @@ async def test_a_tenant_service_killed_mid_saga_converges_after_restart(
     finally:
         await asyncio.to_thread(second.stop)
         await provisioner.stop()
+
+
+async def test_refusals_leave_the_organization_unfinished_with_the_reason(
+    tenant: RunningServer, saga_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The move to ACTIVE written ahead is rolled back whenever the environment is not
+    READY: a permanent refusal (a namespace of that name that is not ours) fails the
+    organization with the reason, a failing environment keeps it PROVISIONING."""
+    with FakeKubeServer() as kube:
+        env = {**saga_env, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
+        provisioner = await start_provisioner(env)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
+                api = TenantApi(channel)
+                person = await api.login(await api.signup())
+
+                taken = new_slug()
+                await asyncio.to_thread(
+                    foreign_namespace, kube, f"org-{taken}"
+                )  # made by someone else in the cluster
+                org = await api.create_org(person, taken)
+                assert org.state == pb.Organization.STATE_FAILED
+                assert "not created by the Provisioner" in org.state_reason
+                await api.login(person, taken)
+                assert await organization_state(api, person.auth, taken) == int(
+                    pb.Organization.STATE_FAILED
+                )
+
+                refused = new_slug()
+                kube.inject_error(
+                    403, kind="rolebindings", path=f"/namespaces/org-{refused}/", times=None
+                )
+                org = await api.create_org(person, refused)
+                assert org.state == PROVISIONING
+                await api.login(person, refused)
+                assert await organization_state(api, person.auth, refused) == PROVISIONING
+        finally:
+            await provisioner.stop()
+
+
+def foreign_namespace(kube: FakeKubeServer, name: str) -> None:
+    """A namespace created in the cluster by someone other than the Provisioner."""
+    request = urllib.request.Request(  # noqa: S310 - the fake's http:// on loopback
+        f"{kube.url}/api/v1/namespaces",
+        method="POST",
+        data=json.dumps(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        ).encode(),
+        headers={"Authorization": f"Bearer {DEFAULT_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+        response.read()
 
 
 async def test_a_delete_while_the_environment_is_built_waits_for_it_then_deletes(
