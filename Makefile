@@ -12,6 +12,10 @@ BENCH_PROTOS := $(sort $(wildcard tests/bench/etcdv3/*.proto))
 HAND_WRITTEN := servicekit tenant_service config_service provisioner sdk/src sdk/examples tests
 ORG    ?= demo
 ROLE   ?= owner
+# The suite forks only to exec (the embedded PostgreSQL's initdb and pg_ctl, run as a
+# user of their own). gRPC's fork handlers, on by default in this grpcio, now and then
+# crashed such a child before its exec while other threads were inside gRPC.
+export GRPC_ENABLE_FORK_SUPPORT ?= false
 
 .PHONY: help install run test lint format proto proto-check bench token clean
 

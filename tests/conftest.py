@@ -8,6 +8,12 @@ fresh database of its own, dropped at the end. Redis: ``REDIS_URL``, else
 
 from __future__ import annotations
 
+import os
+
+# Before gRPC is imported (see GRPC_ENABLE_FORK_SUPPORT in the Makefile): the suite
+# forks only to exec, and gRPC's fork handlers now and then crashed such a child.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import datetime as dt
 import json
 import uuid
