@@ -163,8 +163,13 @@ def _watch_worker(
                     if message.events:
                         arrived(message.events[-1].kv.mod_revision)
 
-        one = ours if side == "ours" else theirs
-        tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+        async def watch(index: int) -> None:
+            try:
+                await (ours if side == "ours" else theirs)(index)
+            except Exception as exc:  # the parent fails at once, saying why
+                reports.put(("failed", repr(exc)[:300], 0.0))
+
+        tasks = [asyncio.create_task(watch(i)) for i in range(streams)]
         await asyncio.to_thread(stop.wait)
         for task in tasks:
             task.cancel()
@@ -173,6 +178,10 @@ def _watch_worker(
             await channel.close()
 
     asyncio.run(run())
+
+
+# Seconds the client processes may take to open all their streams.
+READY_TIMEOUT = 300
 
 
 class Watchers:
@@ -215,7 +224,10 @@ class Watchers:
                 process.start()
             ready = 0
             while ready < processes:
-                kind, *_ = self.reports.get(timeout=120)
+                # Opening thousands of streams takes minutes when the machine is slow.
+                kind, detail, _ = self.reports.get(timeout=READY_TIMEOUT)
+                if kind == "failed":
+                    raise RuntimeError(f"a {side} watch stream failed: {detail}")
                 ready += kind == "ready"
         except BaseException:
             self.close()
@@ -227,6 +239,8 @@ class Watchers:
         deadline = time.monotonic() + timeout
         while reported < self.count:
             kind, rev, at = self.reports.get(timeout=max(0.1, deadline - time.monotonic()))
+            if kind == "failed":
+                raise RuntimeError(f"a watch stream failed: {rev}")
             if kind == "revision" and rev == revision:
                 latest, reported = max(latest, at), reported + 1
         return latest
