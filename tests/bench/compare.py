@@ -1,0 +1,125 @@
+"""`python -m tests.bench.compare REV`: CreateOrganization until ACTIVE, this checkout
+against another commit, side by side on the same machine.
+
+The benchmark's figures move with the host (a shared virtual machine here: its speed
+changes from one hour to the next), so a change is judged against its base measured
+at the same time. Each round runs the whole suite of each side in turn (ConfigService,
+ProvisionerService and TenantService as processes, on a scratch database of their
+own) against one fake Kubernetes API at the seed's latencies, and times
+``--orgs`` organizations one after another after three to warm up; the p50 of every
+round and of all rounds are printed. The other commit is checked out in a temporary
+git worktree (its code only: the fake API, the clients and this script are this
+checkout's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from agentready.tenant.v1 import tenant_pb2 as pb
+from agentready.tenant.v1 import tenant_service_pb2_grpc
+
+from tests.bench.bench_tenant import Session, fake_api, suite
+from tests.bench.common import bench_environment
+
+WARM_UP = 3
+
+
+async def _create(port: int, count: int) -> list[float]:
+    """Milliseconds per CreateOrganization until ACTIVE, ``count`` after the warm-up."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub: Any = tenant_service_pb2_grpc.TenantServiceStub(channel)
+        session = Session(stub)
+        await session.signup()
+        await session.login()
+        samples = []
+        for index in range(WARM_UP + count):
+            request = pb.CreateOrganizationRequest(
+                organization=pb.Organization(slug=f"c{uuid.uuid4().hex[:12]}")
+            )
+            started = time.perf_counter()
+            org = await stub.CreateOrganization(request, metadata=session.auth, timeout=30)
+            elapsed = time.perf_counter() - started
+            if org.state != pb.Organization.STATE_ACTIVE:
+                raise RuntimeError(f"organization {org.slug} is not ACTIVE: {org.state_reason}")
+            if index >= WARM_UP:
+                samples.append(elapsed * 1000)
+        return samples
+
+
+@contextlib.contextmanager
+def _worktree(revision: str) -> Iterator[Path]:
+    """``revision`` checked out in a temporary worktree."""
+    folder = Path(tempfile.mkdtemp(prefix="agentready-compare-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--quiet", str(folder), revision], check=True
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], check=False)
+
+
+@contextlib.contextmanager
+def _working_in(folder: Path) -> Iterator[None]:
+    """Servers started meanwhile run that tree's code (``python -m`` looks in the
+    working directory first)."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _run_side(tree: Path, kubeconfig: Path, count: int) -> list[float]:
+    with bench_environment() as (env, keys):
+        env = {
+            **env,
+            "TENANT_SIGNING_KEY_FILE": str(keys.signing_key_file),
+            "PROVISIONER_RECONCILE_INTERVAL_SECONDS": "3600",
+        }
+        with _working_in(tree), suite(env, KUBECONFIG=str(kubeconfig)) as ports:
+            return asyncio.run(_create(ports["tenant"], count))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.compare", description=__doc__)
+    parser.add_argument("revision", help="the commit to compare this checkout with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--orgs", type=int, default=100, help="organizations per side and round")
+    args = parser.parse_args()
+    here = Path.cwd()
+    results: dict[str, list[float]] = {args.revision: [], "this checkout": []}
+    with (
+        _worktree(args.revision) as other,
+        tempfile.TemporaryDirectory() as folder,
+        fake_api(Path(folder) / "kubeconfig") as kubeconfig,
+    ):
+        for round_ in range(1, args.rounds + 1):
+            for name, tree in ((args.revision, other), ("this checkout", here)):
+                samples = _run_side(tree, kubeconfig, args.orgs)
+                results[name] += samples
+                print(
+                    f"round {round_}, {name}: p50 {statistics.median(samples):.2f} ms",
+                    flush=True,
+                )
+    for name, samples in results.items():
+        print(f"{name}: p50 {statistics.median(samples):.2f} ms over {len(samples)} organizations")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
