@@ -77,6 +77,19 @@ async def tenant(saga_env: dict[str, str]) -> AsyncIterator[RunningServer]:
     await server.stop()
 
 
+@pytest.fixture
+async def kube(saga_env: dict[str, str], tmp_path: Path) -> AsyncIterator[FakeKubeServer]:
+    """A fake Kubernetes API, and the Provisioner (on the port TenantService was told
+    about) applying environments to it."""
+    with FakeKubeServer() as server:
+        env = {**saga_env, "KUBECONFIG": str(server.write_kubeconfig(tmp_path / "kubeconfig"))}
+        provisioner = await start_provisioner(env)
+        try:
+            yield server
+        finally:
+            await provisioner.stop()
+
+
 async def organization_state(
     api: TenantApi, person_auth: tuple[tuple[str, str], ...], slug: str
 ) -> int:
@@ -132,41 +145,32 @@ async def test_a_tenant_service_killed_mid_saga_converges_after_restart(
 
 
 async def test_refusals_leave_the_organization_unfinished_with_the_reason(
-    tenant: RunningServer, saga_env: dict[str, str], tmp_path: Path
+    tenant: RunningServer, kube: FakeKubeServer
 ) -> None:
     """The move to ACTIVE written ahead is rolled back whenever the environment is not
     READY: a permanent refusal (a namespace of that name that is not ours) fails the
     organization with the reason, a failing environment keeps it PROVISIONING."""
-    with FakeKubeServer() as kube:
-        env = {**saga_env, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
-        provisioner = await start_provisioner(env)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
-                api = TenantApi(channel)
-                person = await api.login(await api.signup())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
+        api = TenantApi(channel)
+        person = await api.login(await api.signup())
 
-                taken = new_slug()
-                await asyncio.to_thread(
-                    foreign_namespace, kube, f"org-{taken}"
-                )  # made by someone else in the cluster
-                org = await api.create_org(person, taken)
-                assert org.state == pb.Organization.STATE_FAILED
-                assert "not created by the Provisioner" in org.state_reason
-                await api.login(person, taken)
-                assert await organization_state(api, person.auth, taken) == int(
-                    pb.Organization.STATE_FAILED
-                )
+        taken = new_slug()
+        # Made by someone else in the cluster.
+        await asyncio.to_thread(foreign_namespace, kube, f"org-{taken}")
+        org = await api.create_org(person, taken)
+        assert org.state == pb.Organization.STATE_FAILED
+        assert "not created by the Provisioner" in org.state_reason
+        await api.login(person, taken)
+        assert await organization_state(api, person.auth, taken) == int(
+            pb.Organization.STATE_FAILED
+        )
 
-                refused = new_slug()
-                kube.inject_error(
-                    403, kind="rolebindings", path=f"/namespaces/org-{refused}/", times=None
-                )
-                org = await api.create_org(person, refused)
-                assert org.state == PROVISIONING
-                await api.login(person, refused)
-                assert await organization_state(api, person.auth, refused) == PROVISIONING
-        finally:
-            await provisioner.stop()
+        refused = new_slug()
+        kube.inject_error(403, kind="rolebindings", path=f"/namespaces/org-{refused}/", times=None)
+        org = await api.create_org(person, refused)
+        assert org.state == PROVISIONING
+        await api.login(person, refused)
+        assert await organization_state(api, person.auth, refused) == PROVISIONING
 
 
 def foreign_namespace(kube: FakeKubeServer, name: str) -> None:
@@ -184,48 +188,42 @@ def foreign_namespace(kube: FakeKubeServer, name: str) -> None:
 
 
 async def test_a_delete_while_the_environment_is_built_waits_for_it_then_deletes(
-    tenant: RunningServer, saga_env: dict[str, str], tmp_path: Path
+    tenant: RunningServer, kube: FakeKubeServer
 ) -> None:
     """While ProvisionTenant is under way the organization's move to ACTIVE is written
     ahead, its row locked: a delete arriving then must neither deadlock nor be lost."""
-    with FakeKubeServer() as kube:
-        env = {**saga_env, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
-        provisioner = await start_provisioner(env)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
-                api = TenantApi(channel)
-                person = await api.login(await api.signup())
-                slug = new_slug()
-                # The namespace's creation is held until released below.
-                held = kube.inject_rendezvous(
-                    2, method="PATCH", path=f"/namespaces/org-{slug}$", times=1, timeout=60
-                )
-                creating = asyncio.ensure_future(api.create_org(person, slug))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
+        api = TenantApi(channel)
+        person = await api.login(await api.signup())
+        slug = new_slug()
+        # The namespace's creation is held until released below.
+        held = kube.inject_rendezvous(
+            2, method="PATCH", path=f"/namespaces/org-{slug}$", times=1, timeout=60
+        )
+        creating = asyncio.ensure_future(api.create_org(person, slug))
 
-                async def namespace_asked() -> int:
-                    return held.hits
+        async def namespace_asked() -> int:
+            return held.hits
 
-                await eventually(namespace_asked, lambda hits: hits == 1)
-                await api.login(person, slug)
-                deleting = asyncio.ensure_future(
-                    api.stub.DeleteOrganization(
-                        pb.DeleteOrganizationRequest(organization=slug),
-                        metadata=person.auth,
-                        timeout=30,
-                    )
-                )
-                kube.clear_faults()  # the namespace is created, the saga goes on
-                created = await creating
-                await deleting
-                # Whichever came first, the creation's answer is what it did.
-                assert created.state in (ACTIVE, pb.Organization.STATE_DELETING)
+        await eventually(namespace_asked, lambda hits: hits == 1)
+        await api.login(person, slug)
+        deleting = asyncio.ensure_future(
+            api.stub.DeleteOrganization(
+                pb.DeleteOrganizationRequest(organization=slug),
+                metadata=person.auth,
+                timeout=30,
+            )
+        )
+        kube.clear_faults()  # the namespace is created, the saga goes on
+        created = await creating
+        await deleting
+        # Whichever came first, the creation's answer is what it did.
+        assert created.state in (ACTIVE, pb.Organization.STATE_DELETING)
 
-                async def environment_gone() -> bool:
-                    return kube.get_object("namespaces", f"org-{slug}", None) is None
+        async def environment_gone() -> bool:
+            return kube.get_object("namespaces", f"org-{slug}", None) is None
 
-                await eventually(environment_gone, lambda gone: gone)
-        finally:
-            await provisioner.stop()
+        await eventually(environment_gone, lambda gone: gone)
 
 
 async def test_two_replicas_serve_the_same_users_and_revocations(
