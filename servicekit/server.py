@@ -171,7 +171,16 @@ class RunningServer:
             except Exception:
                 log.exception("shutdown hook failed")
         await self.resources.redis.aclose()
-        await self.resources.pool.close()
+        try:
+            await asyncio.wait_for(self.resources.pool.close(), POOL_CLOSE_SECONDS)
+        except TimeoutError:
+            # Nothing may keep a stopping server up: what still holds a connection
+            # (a task no hook stopped) loses it.
+            log.warning(
+                "database connections still in use %.0f s after the server stopped; closed",
+                POOL_CLOSE_SECONDS,
+            )
+            self.resources.pool.terminate()
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
@@ -341,6 +350,11 @@ def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
             int(settings.grpc_max_connection_age_grace_seconds * 1000),
         ),
     ]
+
+
+# How long a stopping server waits for its database connections to come back to the
+# pool once RPCs are over, before closing those still in use.
+POOL_CLOSE_SECONDS = 10.0
 
 
 def tune_garbage_collector(thresholds: tuple[int, int, int] | None) -> None:
