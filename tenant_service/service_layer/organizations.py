@@ -602,7 +602,9 @@ class _Activation:
             self._verdict.set_result(False)
         if not self._task.done():
             try:
-                await asyncio.shield(self._task)
+                # Waits without taking on the task's error: a write ahead that failed
+                # changes nothing the caller writes next.
+                await asyncio.wait({self._task})
             except asyncio.CancelledError:
                 self._task.cancel()  # we were cancelled: the transaction ends as it can
                 raise
