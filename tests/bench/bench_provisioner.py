@@ -199,8 +199,9 @@ def main(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def fake_api_process(kubeconfig: Path) -> Iterator[Path]:
-    """The fake API server in a process of its own; yields its kubeconfig."""
+def fake_api_process(kubeconfig: Path, request_log: Path | None = None) -> Iterator[Path]:
+    """The fake API server in a process of its own; yields its kubeconfig. With
+    ``request_log``, the fake writes every request it served there as it stops."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -225,6 +226,7 @@ def fake_api_process(kubeconfig: Path) -> Iterator[Path]:
                 for key, seconds in LATENCY_RULES.items()
                 for argument in ("--latency-rule", f"{key}={seconds}")
             ),
+            *(("--request-log", str(request_log)) if request_log else ()),
         ],
         stdout=subprocess.DEVNULL,
     )

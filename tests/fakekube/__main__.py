@@ -12,6 +12,8 @@ included) is chosen per request by verb and resource; the first match wins among
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import signal
 import sys
 import threading
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         "only on a processor nothing else wants, so the fake never preempts the process "
         "being measured; held answers are still sent at the process's priority, on time",
     )
+    parser.add_argument(
+        "--request-log",
+        metavar="PATH",
+        help="on stopping, write every served request to this file, one JSON object per "
+        "line (the fields of RequestRecord; times on the monotonic clock, which other "
+        "processes on the machine share)",
+    )
     args = parser.parse_args(argv)
 
     # A process of its own: a handler thread whose latency is up takes the GIL from
@@ -125,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
     finally:
         server.stop()
+        if args.request_log:
+            with open(args.request_log, "w", encoding="utf-8") as out:
+                for record in server.requests():
+                    out.write(json.dumps(dataclasses.asdict(record)) + "\n")
         print("stopped", flush=True)
     return 0
 
