@@ -28,6 +28,13 @@ WRITE_CONFLICTS = Counter(
     "Value writes read again because their organization changed between their read "
     "and their commit (the optimistic write path).",
 )
+WRITE_MEMO = Counter(
+    "config_write_memo_total",
+    "Value writes decided on what their replica remembered of the organization, by "
+    "outcome: committed without a read, stale (the commit found the organization "
+    "changed; read again) or unverified (an error or a no-op; read again).",
+    ["outcome"],
+)
 FEED_FETCHES = Counter(
     "config_feed_fetches_total", "History reads made to fan revisions out (one per batch)."
 )

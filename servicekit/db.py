@@ -154,7 +154,7 @@ async def connect_pool(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                init=_init_connection,
+                init=init_connection,
                 reset=_keep_session,
                 server_settings={
                     "application_name": application_name,
@@ -182,8 +182,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     del conn
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    """json and jsonb columns and parameters as Python values."""
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """json and jsonb columns and parameters as Python values (every pooled connection;
+    other connections to the services' databases can be set up alike)."""
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(
             kind, encoder=_json_dumps, decoder=json.loads, schema="pg_catalog"

@@ -461,5 +461,6 @@ class ConfigServiceServicer(config_service_pb2_grpc.ConfigServiceServicer):
         authorize_operator(PURGE)
         raise_if_invalid(check_organization(request.organization))
         await self._store.purge(request.organization)
+        self._writer.forget(request.organization)  # its revisions start over
         metrics.forget_usage([request.organization])  # other replicas at their next round
         return empty_pb2.Empty()

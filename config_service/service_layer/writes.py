@@ -37,8 +37,10 @@ from config_service.domain.schema import (
     check_schema,
     violations_of_existing,
 )
+from config_service.service_layer.memo import WriteMemo
 from servicekit.errors import (
     Aborted,
+    AgentReadyError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -82,6 +84,7 @@ class ConfigWriter:
         self._store = store
         self._notify = notify
         self.limits = limits or Limits()
+        self._memo = WriteMemo()
 
     async def apply(
         self,
@@ -111,15 +114,54 @@ class ConfigWriter:
         keys = [(m.service, m.key) for m in mutations]
         services = {m.service for m in mutations if m.value is not None}
         request_id = request.request_id if request else ""
-        for _ in range(OPTIMISTIC_ATTEMPTS):
-            async with self._store.single() as conn:
+        with self._memo.writing(organization) as alone:
+            if alone:
+                remembered = self._memo.state(organization, keys, services)
+                if remembered is not None:
+                    commit = await self._write_remembered(
+                        organization,
+                        remembered,
+                        mutations,
+                        actor=actor,
+                        reason=reason,
+                        request=request,
+                        keys=keys,
+                        services=services,
+                    )
+                    if commit is not None:
+                        return self._announce(organization, commit)
+            for _ in range(OPTIMISTIC_ATTEMPTS):
+                async with self._store.single() as conn:
+                    state = await pg.read_for_write(
+                        conn, organization, keys, services, request_id=request_id
+                    )
+                    replay = _replay(state, request)
+                    if replay is not None:
+                        return replay
+                    self._memo.remember(organization, state, keys, services)
+                    outcome, commit = await self._write(
+                        conn,
+                        organization,
+                        state,
+                        mutations,
+                        actor=actor,
+                        reason=reason,
+                        request=request,
+                    )
+                if outcome is pg.Committed.OK:
+                    self._memo.committed(organization, state, keys, services, commit)
+                    return self._announce(organization, commit)
+                self._memo.forget(organization)
+                metrics.WRITE_CONFLICTS.inc()
+            async with self._store.write(organization) as conn:
+                await pg.begin_write(conn, organization, [], [])  # the organization's lock
                 state = await pg.read_for_write(
                     conn, organization, keys, services, request_id=request_id
                 )
                 replay = _replay(state, request)
                 if replay is not None:
                     return replay
-                outcome, commit = await self._write(
+                commit = await self._commit_locked(
                     conn,
                     organization,
                     state,
@@ -128,21 +170,49 @@ class ConfigWriter:
                     reason=reason,
                     request=request,
                 )
-            if outcome is pg.Committed.OK:
-                return self._announce(organization, commit)
-            metrics.WRITE_CONFLICTS.inc()
-        async with self._store.write(organization) as conn:
-            await pg.begin_write(conn, organization, [], [])  # the organization's lock
-            state = await pg.read_for_write(
-                conn, organization, keys, services, request_id=request_id
+            self._memo.committed(organization, state, keys, services, commit)
+            return self._announce(organization, commit)
+
+    async def _write_remembered(
+        self,
+        organization: str,
+        state: pg.WriteState,
+        mutations: Sequence[Mutation],
+        *,
+        actor: str,
+        reason: str,
+        request: RequestKey | None,
+        keys: Sequence[tuple[str, str]],
+        services: set[str],
+    ) -> Commit | None:
+        """The write decided on what this replica remembers of the organization and
+        committed in one round trip (see :mod:`config_service.service_layer.memo`);
+        None when the memory cannot vouch for the outcome (an error found in it, a
+        write that changes nothing, a commit that found it stale): the caller then
+        reads and decides again."""
+        try:
+            plan = self._plan(
+                organization, state, mutations, actor=actor, reason=reason, request=request
             )
-            replay = _replay(state, request)
-            if replay is not None:
-                return replay
-            commit = await self._commit_locked(
-                conn, organization, state, mutations, actor=actor, reason=reason, request=request
-            )
-        return self._announce(organization, commit)
+        except AgentReadyError:
+            metrics.WRITE_MEMO.labels("unverified").inc()
+            return None
+        if not plan.changes:
+            metrics.WRITE_MEMO.labels("unverified").inc()
+            return None
+        async with self._store.single() as conn:
+            outcome = await self._commit(conn, organization, state, plan)
+        if outcome is not pg.Committed.OK:
+            metrics.WRITE_MEMO.labels("stale").inc()
+            self._memo.forget(organization)
+            return None
+        metrics.WRITE_MEMO.labels("committed").inc()
+        self._memo.committed(organization, state, keys, services, plan.commit)
+        return plan.commit
+
+    def forget(self, organization: str) -> None:
+        """Forgets what this replica remembers of ``organization`` (purged)."""
+        self._memo.forget(organization)
 
     async def rollback(
         self,
@@ -257,6 +327,16 @@ class ConfigWriter:
         )
         if not plan.changes and plan.record is None:
             return pg.Committed.OK, plan.commit
+        return await self._commit(conn, organization, state, plan), plan.commit
+
+    async def _commit(
+        self, conn: asyncpg.Connection, organization: str, state: pg.WriteState, plan: _Plan
+    ) -> pg.Committed:
+        """Commits ``plan``, decided on ``state``, with ``config.commit_write``.
+
+        Raises:
+            ResourceExhausted: the write would take the organization past a limit.
+        """
         outcome, usage, added = await pg.commit_write(
             conn,
             organization,
@@ -271,7 +351,7 @@ class ConfigWriter:
             raise AssertionError(f"a write within the limits was refused: {usage}")
         if outcome is pg.Committed.OK and plan.changes:
             metrics.show_usage(organization, usage.keys, usage.bytes)
-        return outcome, plan.commit
+        return outcome
 
     def _plan(
         self,

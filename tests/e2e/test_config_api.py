@@ -26,8 +26,10 @@ from google.rpc import error_details_pb2
 from prometheus_client import REGISTRY
 
 from config_service.adapters import postgres as pg
+from config_service.domain.model import Change
 from config_service.domain.schema import KeySchema, ServiceSchema
 from config_service.domain.values import ConfigValue, ValueType
+from servicekit.db import init_connection
 from servicekit.pagination import MAX_PAGE_BYTES
 from servicekit.server import RunningServer
 from tests.conftest import Keys
@@ -1619,6 +1621,120 @@ async def test_a_purge_while_a_write_is_in_flight_removes_that_write_too(
     finally:
         await conn.close()
     assert left == 0
+
+
+def memo_writes(outcome: str) -> float:
+    """Value writes of this process's servers decided on what they remembered of their
+    organization, with that outcome (config_write_memo_total)."""
+    return REGISTRY.get_sample_value("config_write_memo_total", {"outcome": outcome}) or 0.0
+
+
+async def written_elsewhere(database_url: str, organization: str, key: str, number: int) -> None:
+    """Sets ``ai/<key>`` to ``number`` as another replica would (its read, its commit),
+    behind the back of the servers under test."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await init_connection(conn)  # jsonb as the servers read and write it
+        state = await pg.read_for_write(conn, organization, [("ai", key)], {"ai"})
+        old = state.entries.get(("ai", key))
+        now = dt.datetime.now(dt.UTC)
+        change = Change(
+            revision=state.revision + 1,
+            seq=0,
+            service="ai",
+            key=key,
+            kind="set",
+            old_value=old.value if old else None,
+            new_value=ConfigValue(ValueType.INT, number),
+            actor="elsewhere",
+            reason="",
+            request_id="",
+            created_at=now,
+        )
+        outcome, _, _ = await pg.commit_write(
+            conn, organization, state, [change], now, limits=pg.Usage(1000, 1 << 20)
+        )
+        assert outcome is pg.Committed.OK
+    finally:
+        await conn.close()
+
+
+async def old_value_at(api: Api, revision: int) -> int | None:
+    """The old value of the only change of ``revision``, an int, or None when unset."""
+    (entry,) = [h for h in await api.history() if h.revision == revision]
+    return entry.old_value.int_value if entry.HasField("old_value") else None
+
+
+async def test_a_writer_that_keeps_writing_an_organization_commits_without_reading(
+    api: Api,
+) -> None:
+    await api.set_int("ai", "a", 1)  # read first: the key is not known yet
+    before = memo_writes("committed")
+    assert await api.set_int("ai", "a", 2) == 2
+    assert await api.set_int("ai", "a", 3) == 3
+    await api.delete("ai", "a")
+    assert memo_writes("committed") == before + 3
+    assert [(h.revision, h.type) for h in await api.history()] == [
+        (1, config_pb2.CHANGE_TYPE_SET),
+        (2, config_pb2.CHANGE_TYPE_SET),
+        (3, config_pb2.CHANGE_TYPE_SET),
+        (4, config_pb2.CHANGE_TYPE_DELETE),
+    ]
+    assert [await old_value_at(api, r) for r in (1, 2, 3, 4)] == [None, 1, 2, 3]
+    await rpc_error(api.get("ai", "a"), Code.NOT_FOUND)
+
+
+async def test_a_write_made_elsewhere_since_is_not_missed(api: Api, database_url: str) -> None:
+    await api.set_int("ai", "a", 1)
+    await api.set_int("ai", "a", 2)  # this replica remembers a = 2 at revision 2
+    await written_elsewhere(database_url, api.org, "a", 7)  # revision 3
+    stale = memo_writes("stale")
+    assert await api.set_int("ai", "a", 3) == 4
+    assert memo_writes("stale") == stale + 1
+    assert await old_value_at(api, 4) == 7
+
+
+async def test_a_write_that_changes_nothing_as_remembered_is_checked_on_a_fresh_read(
+    api: Api, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)
+    await api.set_int("ai", "a", 2)
+    await written_elsewhere(database_url, api.org, "a", 7)
+    unverified = memo_writes("unverified")
+    # As remembered, a is 2 already: yet it is 7, and setting it to 2 is a change.
+    assert await api.set_int("ai", "a", 2) == 4
+    assert memo_writes("unverified") == unverified + 1
+    assert (await api.get("ai", "a")).value == ival(2)
+    assert await old_value_at(api, 4) == 7
+
+
+async def test_an_error_found_in_what_was_remembered_is_checked_on_a_fresh_read(
+    api: Api, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)
+    await api.set_int("ai", "a", 2)
+    await written_elsewhere(database_url, api.org, "a", 7)  # a is at revision 3 now
+    # As remembered, a is at revision 2: the expectations of a caller who read it since
+    # hold all the same.
+    assert await api.set_int("ai", "a", 8, expected_revision=3) == 4
+    assert await api.set_int("ai", "a", 9, etag='"4"') == 5
+    # And a real mismatch is still refused.
+    err = await rpc_error(api.set_int("ai", "a", 10, expected_revision=4), Code.ABORTED)
+    assert error_info(err).reason == "REVISION_MISMATCH"
+
+
+async def test_an_organization_purged_is_not_remembered(
+    api: Api, keys: Keys, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)  # remembered: a = 1 at revision 1
+    operator = bearer(keys.token(None, "operator", scopes=frozenset({"config:purge"})))
+    await api.stub.PurgeConfig(
+        config_pb2.PurgeConfigRequest(organization=api.org), metadata=operator, timeout=TIMEOUT
+    )
+    # Its revisions start over: revision 1 again, another value.
+    await written_elsewhere(database_url, api.org, "a", 9)
+    assert await api.set_int("ai", "a", 5) == 2
+    assert await old_value_at(api, 2) == 9
 
 
 async def test_setting_an_identical_schema_keeps_its_etag(api: Api) -> None:
