@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from agentready.tenant.v1 import tenant_pb2 as pb
@@ -23,6 +25,7 @@ from servicekit.settings import load_settings
 from tenant_service.app import SPEC as TENANT
 from tests.e2e.tenant_support import (
     Code,
+    Person,
     TenantApi,
     eventually,
     new_email,
@@ -171,6 +174,77 @@ async def test_refusals_leave_the_organization_unfinished_with_the_reason(
         assert org.state == PROVISIONING
         await api.login(person, refused)
         assert await organization_state(api, person.auth, refused) == PROVISIONING
+
+
+async def activation_written_ahead(database_url: str, slug: str) -> int:
+    """The backend holding ``slug``'s move to ACTIVE written ahead, open and waiting for
+    the Provisioner's answer (its transaction idle after ``tenant.set_state``)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction' AND query LIKE '%tenant.set_state%' "
+            "AND pid <> pg_backend_pid()"
+        )
+        return int(pid or 0)
+    finally:
+        await conn.close()
+
+
+async def kill_backend(database_url: str, pid: int) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await conn.fetchval("SELECT pg_terminate_backend($1)", pid))
+    finally:
+        await conn.close()
+
+
+async def ready_saga(api: TenantApi, person: Person) -> None:
+    """An organization created and ACTIVE: the channel to the Provisioner is up (the
+    saga loop may have found it down before the Provisioner started, and backs off)."""
+    org = await api.create_org(person)
+    await api.login(person, org.slug)
+    await eventually(lambda: organization_state(api, person.auth, org.slug), lambda s: s == ACTIVE)
+
+
+@pytest.mark.parametrize("environment", ["ready", "failing"])
+async def test_the_move_to_active_written_ahead_losing_its_connection_changes_no_answer(
+    tenant: RunningServer,
+    kube: FakeKubeServer,
+    saga_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    environment: str,
+) -> None:
+    """The connection of the move to ACTIVE written ahead dies while the Provisioner
+    works: a READY environment still makes the organization ACTIVE (written then), a
+    failing one still leaves it PROVISIONING; the lost write ahead changes no answer."""
+    caplog.set_level(logging.INFO, logger="tenant_service.service_layer.organizations")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tenant.port}") as channel:
+        api = TenantApi(channel)
+        person = await api.login(await api.signup())
+        await ready_saga(api, person)
+        slug = new_slug()
+        if environment == "failing":
+            kube.inject_error(403, kind="rolebindings", path=f"/namespaces/org-{slug}/", times=None)
+        held = kube.inject_delay(60, method="PATCH", path=f"/namespaces/org-{slug}$", times=1)
+        creating = asyncio.ensure_future(api.create_org(person, slug))
+        try:
+            assert await asyncio.to_thread(held.wait_held, 30)
+            pid = await eventually(
+                lambda: activation_written_ahead(saga_database_url, slug), lambda p: p != 0
+            )
+            assert await kill_backend(saga_database_url, pid)
+        finally:
+            held.release()
+        org = await creating
+        await api.login(person, slug)
+        if environment == "ready":
+            assert org.state == ACTIVE
+            assert f"activating {slug} ahead failed, written now" in caplog.text
+            assert await organization_state(api, person.auth, slug) == ACTIVE
+        else:
+            assert org.state == PROVISIONING
+            assert await organization_state(api, person.auth, slug) == PROVISIONING
 
 
 def foreign_namespace(kube: FakeKubeServer, name: str) -> None:

@@ -100,7 +100,8 @@ class Fault:
             the plural).
         times: how many matching requests it affects; None means always.
         delay: seconds to wait before answering (longer than a client's timeout to
-            simulate a hang). With ``status == 0`` the request is then served normally.
+            simulate a hang), or until :meth:`release`. With ``status == 0`` the
+            request is then served normally.
         message: ``Status.message``; a default derived from the status when empty.
         reason: ``Status.reason``; derived from the status when empty.
         retry_after: seconds for the ``Retry-After`` header and
@@ -131,6 +132,10 @@ class Fault:
     broken: bool = False
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
     _barrier: threading.Barrier | None = field(default=None, repr=False)
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
+    _waiting: threading.Semaphore = field(
+        default_factory=lambda: threading.Semaphore(0), repr=False
+    )
 
     def __post_init__(self) -> None:
         self._pattern = re.compile(self.path) if self.path is not None else None
@@ -165,8 +170,21 @@ class Fault:
         except threading.BrokenBarrierError:
             self.broken = True
 
+    def hold(self) -> None:
+        """Waits out the delay (no-op without one), or less once released."""
+        if self.delay > 0:
+            self._waiting.release()
+            self._released.wait(self.delay)
+
+    def wait_held(self, timeout: float = 10.0) -> bool:
+        """Blocks until one more request is held by the delay (each call waits for
+        the next one); False after ``timeout`` seconds without one."""
+        return self._waiting.acquire(timeout=timeout)
+
     def release(self) -> None:
-        """Let every request waiting at the rendezvous go (the server is stopping)."""
+        """Let every request it holds go: waiting at the rendezvous, or out its delay
+        (which then no longer holds any)."""
+        self._released.set()
         if self._barrier is not None:
             self._barrier.abort()
 

@@ -610,9 +610,9 @@ class _Handler(BaseHTTPRequestHandler):
             ):
                 raise KubeApiError(401, "Unauthorized", "Unauthorized")
             fault = fake.faults.take(call.info)
-            if fault is not None and fault.delay > 0:
+            if fault is not None:
                 # An injected hang comes before the work: a timed-out write still lands.
-                self.server.stopping.wait(fault.delay)
+                fault.hold()
             if fault is not None and fault.status:
                 raise _fault_error(fault)
             return route(call), fault
@@ -888,7 +888,9 @@ class FakeKubeServer:
         """Hold matching requests for ``seconds``, then serve them normally.
 
         With ``seconds`` above the client's timeout this is a hung server; the request is
-        still carried out afterwards, like a real write whose answer was lost.
+        still carried out afterwards, like a real write whose answer was lost. The
+        fault's ``wait_held()`` waits until a request is held, its ``release()`` lets
+        the held requests go at once (so does stopping the server).
         """
         return self.faults.add(
             Fault(0, method=method, path=path, kind=kind, times=times, delay=seconds)
@@ -940,7 +942,8 @@ class FakeKubeServer:
     def clear_faults(self) -> None:
         """Remove every injected error, delay and rendezvous (latency is kept).
 
-        Requests held at a rendezvous are let go (and the rendezvous marked broken).
+        Requests held at a rendezvous (the rendezvous marked broken) or by a delay are
+        let go.
         """
         self.faults.clear()
 

@@ -797,6 +797,27 @@ def test_hung_server_times_out_the_client_and_the_write_lands_later(
     assert wait_until(lambda: kube.get_object("ServiceAccount", "slow", namespace) is not None)
 
 
+def test_a_held_request_waits_until_released_then_is_served(
+    kube: FakeKubeServer, core: client.CoreV1Api, namespace: str
+) -> None:
+    held = kube.inject_delay(300.0, method="POST", kind="serviceaccounts")
+    done = threading.Event()
+
+    def create() -> None:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "held"}})
+        done.set()
+
+    worker = threading.Thread(target=create, daemon=True)
+    worker.start()
+    assert held.wait_held(30)
+    assert kube.get_object("ServiceAccount", "held", namespace) is None  # not served yet
+    assert not done.is_set()
+    held.release()
+    assert done.wait(60)  # long before its 300 s were up
+    assert kube.get_object("ServiceAccount", "held", namespace) is not None
+    worker.join(10)
+
+
 def test_hung_reads_are_retried_by_urllib3_before_failing(
     kube: FakeKubeServer, core: client.CoreV1Api, namespace: str
 ) -> None:
