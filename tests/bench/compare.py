@@ -23,44 +23,20 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import grpc
-from agentready.tenant.v1 import tenant_pb2 as pb
-from agentready.tenant.v1 import tenant_service_pb2_grpc
 
 from tests.bench.bench_config import Ours, _health, _timed
-from tests.bench.bench_tenant import Session, fake_api, suite
+from tests.bench.bench_tenant import fake_api, suite
 from tests.bench.common import bench_environment
+from tests.bench.timeline import timed_creations
 from tests.e2e.watching import Replica
-
-WARM_UP = 3
 
 
 async def _create(port: int, count: int) -> list[float]:
     """Milliseconds per CreateOrganization until ACTIVE, ``count`` after the warm-up."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub: Any = tenant_service_pb2_grpc.TenantServiceStub(channel)
-        session = Session(stub)
-        await session.signup()
-        await session.login()
-        samples = []
-        for index in range(WARM_UP + count):
-            request = pb.CreateOrganizationRequest(
-                organization=pb.Organization(slug=f"c{uuid.uuid4().hex[:12]}")
-            )
-            started = time.perf_counter()
-            org = await stub.CreateOrganization(request, metadata=session.auth, timeout=30)
-            elapsed = time.perf_counter() - started
-            if org.state != pb.Organization.STATE_ACTIVE:
-                raise RuntimeError(f"organization {org.slug} is not ACTIVE: {org.state_reason}")
-            if index >= WARM_UP:
-                samples.append(elapsed * 1000)
-        return samples
+    return [(received - sent) * 1000 for _, sent, received in await timed_creations(port, count)]
 
 
 @contextlib.contextmanager

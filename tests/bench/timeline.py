@@ -43,8 +43,9 @@ from tests.bench.common import bench_environment
 WARM_UP = 3
 
 
-async def _create(port: int, count: int) -> list[tuple[str, float, float]]:
-    """``(slug, sent, received)`` on the monotonic clock, per organization."""
+async def timed_creations(port: int, count: int) -> list[tuple[str, float, float]]:
+    """``(slug, sent, received)`` on the monotonic clock, per organization, ``count``
+    of them after a few to warm up."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub: Any = tenant_service_pb2_grpc.TenantServiceStub(channel)
         session = Session(stub)
@@ -114,7 +115,7 @@ def main() -> int:
                 fake_api_process(Path(folder) / "kubeconfig", request_log=log) as kubeconfig,
                 suite(env, KUBECONFIG=str(kubeconfig)) as ports,
             ):
-                timed = asyncio.run(_create(ports["tenant"], args.orgs))
+                timed = asyncio.run(timed_creations(ports["tenant"], args.orgs))
         by_namespace: dict[str, list[dict[str, Any]]] = {}
         for line in log.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
