@@ -300,23 +300,26 @@ class Ours:
         await self.channel.close()
 
 
-async def _timed(call: Any, count: int, warm_up: int = 20) -> list[float]:
-    """``count`` sequential calls of ``call()``, after ``warm_up`` untimed ones."""
+async def _timed(call: Any, count: int, warm_up: int = 20, *, idle: float = 0.0) -> list[float]:
+    """``count`` sequential calls of ``call()``, after ``warm_up`` untimed ones; with
+    ``idle``, each after that many seconds without a call."""
     for _ in range(warm_up):
         await call()
     samples = []
     for _ in range(count):
+        if idle:
+            await asyncio.sleep(idle)
         started = time.perf_counter()
         await call()
         samples.append(time.perf_counter() - started)
     return samples
 
 
-async def _health(port: int, count: int) -> list[float]:
+async def _health(port: int, count: int, *, idle: float = 0.0) -> list[float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub: Any = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest()
-        return await _timed(lambda: stub.Check(request, timeout=10), count)
+        return await _timed(lambda: stub.Check(request, timeout=10), count, idle=idle)
 
 
 # -- 1. hot reload --------------------------------------------------------------------
@@ -684,6 +687,13 @@ async def _measure(
     # 2. the decomposition
     calls = size["calls"]
     RESULTS.latency(FLOOR, "bare grpc.aio health server (uvloop)", await _health(floor, calls))
+    # What waking up costs here: the same calls, each after 20 ms without any (as the
+    # steps of a creation wait for the Kubernetes API's answers).
+    RESULTS.latency(
+        FLOOR,
+        "bare grpc.aio health server, each call after 20 ms idle",
+        await _health(floor, max(100, calls // 5), idle=0.02),
+    )
     RESULTS.latency(FLOOR, "ConfigService health check", await _health(first.port, calls))
     if etcd_port:
         try:
