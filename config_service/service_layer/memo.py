@@ -22,7 +22,9 @@ removes an organization and its revisions start over. This replica forgets an
 organization it purges; a memory is trusted for :data:`MEMO_SECONDS` after the read or
 commit that confirmed it, so a purge on another replica could be missed only if, within
 that time, the purged organization were written again up to the very revision this
-replica remembers (purges are for deleted organizations, whose tokens are refused).
+replica remembers (purges are for deleted organizations, whose tokens are refused);
+such a write would be decided on the organization as it was before the purge (the old
+value recorded in its history, an etag or expected revision it carries).
 """
 
 from __future__ import annotations
