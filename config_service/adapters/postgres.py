@@ -110,6 +110,10 @@ class WriteState:
     request: tuple[str, str, dict[str, Any]] | None = None
     # The version of each schema read (by service): what config.commit_write checks.
     schema_versions: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Which life of the organization was read (its revisions start over after a purge;
+    # see migration 0011): what config.commit_write checks too. None: no row yet, or
+    # not read (config.begin_write).
+    incarnation: int | None = None
 
 
 async def begin_write(
@@ -168,6 +172,7 @@ async def _write_state(
         {name: ServiceSchema.from_json(s) for name, s in row["schemas"].items()},
         (found["method"], found["fingerprint"], found["response"]) if found else None,
         {name: int(version) for name, version in (row.get("schema_versions") or {}).items()},
+        row.get("incarnation"),
     )
 
 
@@ -190,17 +195,18 @@ async def commit_write(
     *,
     limits: Usage,
     request: RequestRecord | None = None,
-) -> tuple[Committed, Usage, Usage]:
+) -> tuple[Committed, Usage, Usage, int]:
     """Writes one revision decided on ``read`` (from :func:`read_for_write`) in one
     statement that is a transaction of its own (``config.commit_write``), unless the
     organization's revision, a schema read or the request id's record changed since,
-    or the write would take the organization past ``limits``. Returns (how it ended,
-    the usage after the write, what the write adds); the usage is what it would be
-    for LIMIT, and the current one, with nothing added, for CONFLICT."""
+    or the write would take the organization past ``limits``, or it is not the
+    incarnation read. Returns (how it ended, the usage after the write, what the write
+    adds, the organization's incarnation); the usage is what it would be for LIMIT,
+    and the current one, with nothing added, for CONFLICT."""
     services = sorted({c.service for c in changes if c.new_value is not None})
     row = await conn.fetchrow(
         "SELECT * FROM config.commit_write("
-        "$1, $2, $3::text[], $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12::jsonb)",
+        "$1, $2, $3::text[], $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12::jsonb, $13)",
         organization,
         read.revision,
         services,
@@ -213,12 +219,14 @@ async def commit_write(
         request.method if request else "",
         request.fingerprint if request else "",
         request.result if request else None,
+        read.incarnation,
     )
     assert row is not None
     return (
         Committed(row["outcome"]),
         Usage(int(row["key_count"]), int(row["stored_bytes"])),
         Usage(int(row["added_keys"]), int(row["added_bytes"])),
+        int(row["incarnation"]),
     )
 
 

@@ -17,14 +17,13 @@ a write that changes nothing (no commit would check it) are decided again on a f
 read. A write is decided on the memory only when it is the only write of its
 organization in flight on this replica (concurrent writers would mostly find it stale).
 
-The commit's check compares revisions, which only ever rise, except that PurgeConfig
-removes an organization and its revisions start over. This replica forgets an
-organization it purges; a memory is trusted for :data:`MEMO_SECONDS` after the read or
-commit that confirmed it, so a purge on another replica could be missed only if, within
-that time, the purged organization were written again up to the very revision this
-replica remembers (purges are for deleted organizations, whose tokens are refused);
-such a write would be decided on the organization as it was before the purge (the old
-value recorded in its history, an etag or expected revision it carries).
+The commit's check compares the revision and the incarnation: an organization's
+revisions start over when PurgeConfig removes it, and its next life has another
+incarnation (migration 0011), so a purge on another replica never passes for the
+organization remembered. An organization read before it had a row (no incarnation
+yet) is not written from memory: its next write reads first. This replica also forgets
+an organization it purges, and a memory is trusted for :data:`MEMO_SECONDS` after the
+read or commit that confirmed it.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ class _Known:
 
     revision: int
     compacted: int
+    incarnation: int | None
     entries: dict[Key, Entry | None]
     schemas: dict[str, tuple[ServiceSchema, int] | None]
     until: float
@@ -95,7 +95,7 @@ class WriteMemo:
         """What ``config.read_for_write`` would answer, as remembered, or None when some
         of it is not known (or no longer trusted)."""
         known = self._known.get(organization)
-        if known is None:
+        if known is None or known.incarnation is None:
             return None
         if known.until <= self._clock():
             del self._known[organization]
@@ -114,7 +114,9 @@ class WriteMemo:
                     schemas[service], versions[service] = schema
         except KeyError:
             return None
-        return pg.WriteState(known.revision, known.compacted, entries, schemas, None, versions)
+        return pg.WriteState(
+            known.revision, known.compacted, entries, schemas, None, versions, known.incarnation
+        )
 
     def remember(
         self,
@@ -125,8 +127,12 @@ class WriteMemo:
     ) -> None:
         """Notes what a read of ``keys`` and ``services``' schemas found."""
         known = self._known.get(organization)
-        if known is None or known.revision != state.revision:
-            known = _Known(state.revision, state.compacted, {}, {}, 0.0)
+        if (
+            known is None
+            or known.revision != state.revision
+            or known.incarnation != state.incarnation
+        ):
+            known = _Known(state.revision, state.compacted, state.incarnation, {}, {}, 0.0)
             self._known[organization] = known
         for key in keys:
             known.entries[key] = state.entries.get(key)

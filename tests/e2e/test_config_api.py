@@ -1651,7 +1651,7 @@ async def written_elsewhere(database_url: str, organization: str, key: str, numb
             request_id="",
             created_at=now,
         )
-        outcome, _, _ = await pg.commit_write(
+        outcome, _, _, _ = await pg.commit_write(
             conn, organization, state, [change], now, limits=pg.Usage(1000, 1 << 20)
         )
         assert outcome is pg.Committed.OK
@@ -1668,19 +1668,21 @@ async def old_value_at(api: Api, revision: int) -> int | None:
 async def test_a_writer_that_keeps_writing_an_organization_commits_without_reading(
     api: Api,
 ) -> None:
-    await api.set_int("ai", "a", 1)  # read first: the key is not known yet
+    await api.set_int("ai", "a", 1)  # reads first: nothing is known yet
+    await api.set_int("ai", "a", 2)  # reads again: the organization had no row before
     before = memo_writes("committed")
-    assert await api.set_int("ai", "a", 2) == 2
     assert await api.set_int("ai", "a", 3) == 3
+    assert await api.set_int("ai", "a", 4) == 4
     await api.delete("ai", "a")
     assert memo_writes("committed") == before + 3
     assert [(h.revision, h.type) for h in await api.history()] == [
         (1, config_pb2.CHANGE_TYPE_SET),
         (2, config_pb2.CHANGE_TYPE_SET),
         (3, config_pb2.CHANGE_TYPE_SET),
-        (4, config_pb2.CHANGE_TYPE_DELETE),
+        (4, config_pb2.CHANGE_TYPE_SET),
+        (5, config_pb2.CHANGE_TYPE_DELETE),
     ]
-    assert [await old_value_at(api, r) for r in (1, 2, 3, 4)] == [None, 1, 2, 3]
+    assert [await old_value_at(api, r) for r in (1, 2, 3, 4, 5)] == [None, 1, 2, 3, 4]
     await rpc_error(api.get("ai", "a"), Code.NOT_FOUND)
 
 
@@ -1721,6 +1723,29 @@ async def test_an_error_found_in_what_was_remembered_is_checked_on_a_fresh_read(
     # And a real mismatch is still refused.
     err = await rpc_error(api.set_int("ai", "a", 10, expected_revision=4), Code.ABORTED)
     assert error_info(err).reason == "REVISION_MISMATCH"
+
+
+async def test_an_organization_purged_elsewhere_is_another_organization(
+    api: Api, database_url: str
+) -> None:
+    await api.set_int("ai", "a", 1)
+    await api.set_int("ai", "a", 2)  # remembered: a = 2 at revision 2
+    conn = await asyncpg.connect(database_url)
+    try:  # purged by another replica, as PurgeConfig does it
+        for table in ("history", "entries", "organizations"):
+            await conn.execute(
+                f"DELETE FROM config.{table} WHERE organization = $1",
+                api.org,
+            )
+    finally:
+        await conn.close()
+    # Written again up to the revision remembered, with other values.
+    await written_elsewhere(database_url, api.org, "a", 8)
+    await written_elsewhere(database_url, api.org, "a", 9)
+    stale = memo_writes("stale")
+    assert await api.set_int("ai", "a", 5) == 3
+    assert memo_writes("stale") == stale + 1
+    assert await old_value_at(api, 3) == 9
 
 
 async def test_an_organization_purged_is_not_remembered(

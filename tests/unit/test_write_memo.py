@@ -30,7 +30,9 @@ def entry(key: tuple[str, str], number: int, revision: int, by: str = "someone")
     return Entry(key[0], key[1], ConfigValue(ValueType.INT, number), revision, NOW, by)
 
 
-def state(revision: int, *entries: Entry, schema: bool = False) -> pg.WriteState:
+def state(
+    revision: int, *entries: Entry, schema: bool = False, incarnation: int | None = 7
+) -> pg.WriteState:
     return pg.WriteState(
         revision,
         0,
@@ -38,6 +40,7 @@ def state(revision: int, *entries: Entry, schema: bool = False) -> pg.WriteState
         {"ai": SCHEMA} if schema else {},
         None,
         {"ai": 3} if schema else {},
+        incarnation,
     )
 
 
@@ -70,7 +73,7 @@ def test_a_read_is_remembered_with_the_keys_it_found_unset() -> None:
     memo = WriteMemo()
     memo.remember("acme", state(4, entry(A, 1, 2), schema=True), [A, B], {"ai"})
     known = memo.state("acme", [A, B], {"ai"})
-    assert known == pg.WriteState(4, 0, {A: entry(A, 1, 2)}, {"ai": SCHEMA}, None, {"ai": 3})
+    assert known == pg.WriteState(4, 0, {A: entry(A, 1, 2)}, {"ai": SCHEMA}, None, {"ai": 3}, 7)
     # A key or a schema never read is not known: the write reads.
     assert memo.state("acme", [("ai", "c")], {"ai"}) is None
     assert memo.state("acme", [A], {"other"}) is None
@@ -104,6 +107,25 @@ def test_a_read_at_another_revision_replaces_what_was_known() -> None:
     known = memo.state("acme", [B], set())
     assert known is not None
     assert known.revision == 6
+
+
+def test_another_incarnation_replaces_what_was_known() -> None:
+    memo = WriteMemo()
+    memo.remember("acme", state(4, entry(A, 1, 2)), [A], set())
+    # Purged and written again up to the same revision: another life.
+    memo.remember("acme", state(4, entry(B, 9, 4), incarnation=8), [B], set())
+    assert memo.state("acme", [A], set()) is None
+    known = memo.state("acme", [B], set())
+    assert known is not None
+    assert known.incarnation == 8
+
+
+def test_an_organization_read_before_it_had_a_row_is_not_written_from_memory() -> None:
+    memo = WriteMemo()
+    memo.committed("acme", state(0, incarnation=None), [A], set(), commit(change(A, None, 1, 1)))
+    assert memo.state("acme", [A], set()) is None  # its next write reads (and learns it)
+    memo.remember("acme", state(1, entry(A, 1, 1)), [A], set())
+    assert memo.state("acme", [A], set()) is not None
 
 
 def test_a_memory_is_trusted_for_a_while_after_it_was_confirmed() -> None:
