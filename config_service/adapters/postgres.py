@@ -195,14 +195,14 @@ async def commit_write(
     *,
     limits: Usage,
     request: RequestRecord | None = None,
-) -> tuple[Committed, Usage, Usage, int]:
+) -> tuple[Committed, Usage, Usage]:
     """Writes one revision decided on ``read`` (from :func:`read_for_write`) in one
     statement that is a transaction of its own (``config.commit_write``), unless the
     organization's revision, a schema read or the request id's record changed since,
     or the write would take the organization past ``limits``, or it is not the
     incarnation read. Returns (how it ended, the usage after the write, what the write
-    adds, the organization's incarnation); the usage is what it would be for LIMIT,
-    and the current one, with nothing added, for CONFLICT."""
+    adds); the usage is what it would be for LIMIT, and the current one, with nothing
+    added, for CONFLICT."""
     services = sorted({c.service for c in changes if c.new_value is not None})
     row = await conn.fetchrow(
         "SELECT * FROM config.commit_write("
@@ -226,7 +226,6 @@ async def commit_write(
         Committed(row["outcome"]),
         Usage(int(row["key_count"]), int(row["stored_bytes"])),
         Usage(int(row["added_keys"]), int(row["added_bytes"])),
-        int(row["incarnation"]),
     )
 
 

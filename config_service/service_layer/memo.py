@@ -162,7 +162,6 @@ class WriteMemo:
             known.entries[(change.service, change.key)] = change.entry()
         if len(known.entries) > MEMO_KEYS:
             known.entries = {key: known.entries[key] for key in keys}
-        self._confirmed(organization, known)
 
     def forget(self, organization: str) -> None:
         """Drops what is known of ``organization`` (its next write reads first)."""

@@ -337,7 +337,7 @@ class ConfigWriter:
         Raises:
             ResourceExhausted: the write would take the organization past a limit.
         """
-        outcome, usage, added, _ = await pg.commit_write(
+        outcome, usage, added = await pg.commit_write(
             conn,
             organization,
             state,

@@ -1651,7 +1651,7 @@ async def written_elsewhere(database_url: str, organization: str, key: str, numb
             request_id="",
             created_at=now,
         )
-        outcome, _, _, _ = await pg.commit_write(
+        outcome, _, _ = await pg.commit_write(
             conn, organization, state, [change], now, limits=pg.Usage(1000, 1 << 20)
         )
         assert outcome is pg.Committed.OK
@@ -1730,15 +1730,12 @@ async def test_an_organization_purged_elsewhere_is_another_organization(
 ) -> None:
     await api.set_int("ai", "a", 1)
     await api.set_int("ai", "a", 2)  # remembered: a = 2 at revision 2
-    conn = await asyncpg.connect(database_url)
-    try:  # purged by another replica, as PurgeConfig does it
-        for table in ("history", "entries", "organizations"):
-            await conn.execute(
-                f"DELETE FROM config.{table} WHERE organization = $1",
-                api.org,
-            )
+    # Purged by another replica (its store, not this server's).
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=init_connection)
+    try:
+        await pg.ConfigStore(pool).purge(api.org)
     finally:
-        await conn.close()
+        await pool.close()
     # Written again up to the revision remembered, with other values.
     await written_elsewhere(database_url, api.org, "a", 8)
     await written_elsewhere(database_url, api.org, "a", 9)

@@ -7,6 +7,7 @@ of their own on the shared one, and must not finish these sagas for them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import urllib.request
@@ -176,19 +177,33 @@ async def test_refusals_leave_the_organization_unfinished_with_the_reason(
         assert await organization_state(api, person.auth, refused) == PROVISIONING
 
 
-async def activation_written_ahead(database_url: str, slug: str) -> int:
-    """The backend holding ``slug``'s move to ACTIVE written ahead, open and waiting for
-    the Provisioner's answer (its transaction idle after ``tenant.set_state``)."""
-    conn = await asyncpg.connect(database_url)
+async def row_holder(database_url: str, slug: str) -> int:
+    """The backend whose open transaction holds ``slug``'s row (while ProvisionTenant is
+    under way: its move to ACTIVE written ahead), or 0 when none does now. Found by a
+    probe that asks for the same row and is blocked by it; the probe is then called
+    off, so nothing of its own waits for the row afterwards."""
+    probe = await asyncpg.connect(database_url)
+    observer = await asyncpg.connect(database_url)
     try:
-        pid = await conn.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND state = 'idle in transaction' AND query LIKE '%tenant.set_state%' "
-            "AND pid <> pg_backend_pid()"
+        probe_pid = await probe.fetchval("SELECT pg_backend_pid()")
+        asking = asyncio.ensure_future(
+            probe.execute(
+                "SELECT 1 FROM tenant.organizations WHERE organization = $1 FOR UPDATE", slug
+            )
         )
-        return int(pid or 0)
+        while not asking.done():
+            blockers = await observer.fetchval("SELECT pg_blocking_pids($1)", probe_pid)
+            if blockers:
+                await observer.execute("SELECT pg_cancel_backend($1)", probe_pid)
+                with contextlib.suppress(asyncpg.QueryCanceledError):
+                    await asking
+                return int(blockers[0])
+            await asyncio.sleep(0.01)
+        await asking  # not blocked: nothing holds the row
+        return 0
     finally:
-        await conn.close()
+        await probe.close()
+        await observer.close()
 
 
 async def kill_backend(database_url: str, pid: int) -> bool:
@@ -230,9 +245,7 @@ async def test_the_move_to_active_written_ahead_losing_its_connection_changes_no
         creating = asyncio.ensure_future(api.create_org(person, slug))
         try:
             assert await asyncio.to_thread(held.wait_held, 30)
-            pid = await eventually(
-                lambda: activation_written_ahead(saga_database_url, slug), lambda p: p != 0
-            )
+            pid = await eventually(lambda: row_holder(saga_database_url, slug), lambda p: p != 0)
             assert await kill_backend(saga_database_url, pid)
         finally:
             held.release()
